@@ -1,0 +1,47 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv and install what is missing.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+EXTRAS := device,train,compile,test
+STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha256sum | cut -c1-12)
+PYTEST_ARGS ?= -m "not slow and not gpu"
+export MLFLOW_DISABLE_TELEMETRY := true
+export OMP_WAIT_POLICY := PASSIVE
+
+.PHONY: setup demo test test-all bench mosquitto clean help
+
+help:
+	@echo "make demo   - set up .venv (+ Mosquitto) and run the whole loop on embedded defaults"
+	@echo "make test   - set up, then run the test suite (slow and GPU tests excluded)"
+	@echo "make test-all - every test including slow ones"
+
+setup: $(STAMP) mosquitto
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24" setuptools wheel
+	# torch is pinned in setup.cfg; this machine's wheel store provides it (an unpinned torch pulls CUDA wheels).
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# Mosquitto from Debian is the broker for tests, CI and the demo.
+mosquitto:
+	@if ! command -v mosquitto >/dev/null && ! test -x /usr/sbin/mosquitto; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	  elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	  else echo "Mosquitto is missing: install the Debian package 'mosquitto' (MQTT tests will be skipped)"; fi; \
+	fi
+
+demo: setup
+	$(PY) -m infantino.benchmarks.demo $(DEMO_ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest -m "not gpu"
+
+clean:
+	rm -rf demo-out .pytest_cache build *.egg-info

@@ -1,0 +1,91 @@
+"""JSON messages on the MQTT topics (samples, predictions, status, commands) as typed models."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .classes import CLASSES
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class SampleMessage(_Msg):
+    """A labelled embedding for online learning; images never leave the device.
+
+    `label` is one class, or `labels` several annotators' labels (combined by the trainer), or `soft_label`
+    a probability per class.
+    """
+
+    device_id: str
+    fleet: str
+    sample_id: str = Field(description="unique per device; the trainer drops repeats (QoS1 redelivery)")
+    embedding: list[float]
+    extractor_id: str
+    label: Optional[str] = None
+    labels: Optional[list[str]] = None
+    soft_label: Optional[dict[str, float]] = None
+    annotator: Optional[str] = None
+    confidence: Optional[float] = None
+    frame_id: Optional[int] = None
+    head_version: Optional[int] = None
+    timestamp: float = Field(default_factory=time.time)
+
+    @field_validator("embedding")
+    @classmethod
+    def _finite(cls, v: list[float]) -> list[float]:
+        if not v or not all(math.isfinite(x) for x in v):
+            raise ValueError("embedding must be a non-empty list of finite numbers")
+        return v
+
+    @field_validator("label")
+    @classmethod
+    def _known_label(cls, v):
+        if v is not None and v not in CLASSES:
+            raise ValueError(f"unknown label {v!r}; valid: {', '.join(CLASSES)}")
+        return v
+
+
+class FacePrediction(_Msg):
+    box: tuple[int, int, int, int]
+    label: str
+    probabilities: dict[str, float]
+    entropy: float
+    prediction_set: list[str]
+
+
+class PredictionMessage(_Msg):
+    device_id: str
+    frame_id: int
+    timestamp: float
+    head_version: int
+    faces: list[FacePrediction]
+
+
+class StatusMessage(_Msg):
+    device_id: str
+    state: Literal["online", "offline"]
+    timestamp: float = Field(default_factory=time.time)
+    head_version: Optional[int] = None
+    head_sha256: Optional[str] = None
+    bundle_id: Optional[str] = None
+    backend: Optional[str] = None
+    fps: Optional[float] = None
+    latency_ms: dict[str, float] = {}
+    frames: int = 0
+    dropped_frames: int = 0
+    errors: list[str] = []
+    last_update: Optional[dict] = None
+
+
+class CommandMessage(_Msg):
+    command: Literal["request-full-head", "rollback", "snapshot", "label"]
+    label: Optional[str] = None
+    frame_id: Optional[int] = None
+    annotator: Optional[str] = None
+    request_id: Optional[str] = None
