@@ -11,7 +11,23 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-pytest_plugins = sorted(f"fixtures_{p.stem[len('fixtures_'):]}" for p in Path(__file__).parent.glob("fixtures_*.py"))
+
+def _load_part_fixtures() -> None:
+    """Pull every fixture defined in tests/fixtures_*.py into this conftest's namespace."""
+    import importlib
+    import sys
+
+    here = Path(__file__).parent
+    if str(here) not in sys.path:
+        sys.path.insert(0, str(here))
+    for f in sorted(here.glob("fixtures_*.py")):
+        mod = importlib.import_module(f.stem)
+        for name, obj in vars(mod).items():
+            if not name.startswith("_") and name not in globals():
+                globals()[name] = obj
+
+
+_load_part_fixtures()
 
 
 @pytest.fixture(scope="session")
