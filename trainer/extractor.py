@@ -71,6 +71,29 @@ class EmbeddingNet(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward(x))
 
+    def freeze_stages(self, n: int) -> None:
+        """Freeze the first n stages of the backbone (fine-tuning); only for backbones that define stages."""
+        fn = getattr(self.backbone, "freeze_stages", None)
+        if fn is None:
+            raise InfantinoError(f"backbone {type(self.backbone).__name__} does not support freezing stages")
+        fn(n)
+
+
+def extractor_id(model: nn.Module) -> str:
+    """sha256 over the state dict (names + float32 bytes, sorted): the identity heads and bundles refer to.
+
+    Computable by the trainer at training time and by the compiler, so a head registered in MLflow already
+    names the extractor it fits (the contract's "sha256 of the ONNX" is kept per artifact in the manifest).
+    """
+    import hashlib
+
+    model = getattr(model, "module", model)
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().to(torch.float32 if t.is_floating_point() else t.dtype).numpy().tobytes())
+    return h.hexdigest()
+
 
 def build_extractor(config: ExtractorConfig) -> EmbeddingNet:
     """Build an EmbeddingNet for `config`; a clear error names unknown backbones."""
