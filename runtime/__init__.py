@@ -12,17 +12,19 @@ from .preprocess import PreprocessSpec, preprocess
 __all__ = [
     "CLASSES", "EMBEDDING_DIM", "NUM_CLASSES", "BackendUnavailable", "BundleError", "HeadError",
     "InfantinoError", "SignatureError", "UpdateRejected", "Head", "HeadPrediction", "PreprocessSpec",
-    "preprocess", "load_bundle", "Bundle", "Pipeline",
+    "preprocess", "load_bundle", "Bundle", "Pipeline", "FaceResult", "FaceOptions", "open_source", "SourceConfig",
+    "create_backend",
 ]
 
+_LAZY = {  # name -> submodule: keeps start-up light on cameras
+    "load_bundle": "bundle", "Bundle": "bundle", "Pipeline": "pipeline", "FaceResult": "pipeline",
+    "FaceOptions": "face", "open_source": "sources", "SourceConfig": "sources", "create_backend": "backends",
+}
 
-def __getattr__(name):  # lazy: keeps start-up light on cameras
-    if name in ("load_bundle", "Bundle"):
-        from . import bundle
 
-        return getattr(bundle, name)
-    if name == "Pipeline":
-        from .pipeline import Pipeline
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
 
-        return Pipeline
-    raise AttributeError(name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,104 @@
+"""Face detection and crop: real faces shipped in packages are found where they are; no face means no result."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from infantino.runtime.errors import InfantinoError
+from infantino.runtime.face import Box, FaceOptions, create_detector, crop_face, list_detectors
+
+# Where the faces are in the package photos (x0, y0, x1, y1), measured by eye on the originals.
+FACE_REGIONS = {"astronaut": (160, 50, 290, 190), "grace_hopper": (140, 80, 390, 350)}
+
+
+def frame_640x480(img: np.ndarray) -> tuple[np.ndarray, float, int, int]:
+    """The image scaled to fit a 640x480 camera frame (aspect kept, black bars): frame, scale, x-offset, y-offset."""
+    s = min(640 / img.shape[1], 480 / img.shape[0])
+    r = cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
+    f = np.zeros((480, 640, 3), np.uint8)
+    y, x = (480 - r.shape[0]) // 2, (640 - r.shape[1]) // 2
+    f[y:y + r.shape[0], x:x + r.shape[1]] = r
+    return f, s, x, y
+
+
+def _inside(box: Box, region) -> bool:
+    cx, cy = box.x + box.w / 2, box.y + box.h / 2
+    x0, y0, x1, y1 = region
+    return x0 <= cx <= x1 and y0 <= cy <= y1 and box.w <= (x1 - x0) * 1.3
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_haar_finds_the_real_face(real_faces, name):
+    det = create_detector(FaceOptions())
+    img = real_faces[name]
+    boxes = det.detect(img)
+    assert len(boxes) == 1 and _inside(boxes[0], FACE_REGIONS[name]), boxes
+    # The same photo inside a 640x480 camera frame: found at the same place (scaled).
+    frame, s, ox, oy = frame_640x480(img)
+    boxes = det.detect(frame)
+    x0, y0, x1, y1 = FACE_REGIONS[name]
+    assert len(boxes) == 1 and _inside(boxes[0], (x0 * s + ox, y0 * s + oy, x1 * s + ox, y1 * s + oy)), boxes
+    # Grey input works too.
+    assert len(det.detect(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))) == 1
+
+
+def test_no_face_yields_nothing():
+    from skimage import data
+
+    det = create_detector(FaceOptions(largest_only=False))
+    for img in (cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR), cv2.cvtColor(data.rocket(), cv2.COLOR_RGB2BGR),
+                np.full((480, 640, 3), 127, np.uint8),
+                np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)):
+        assert det.detect(img) == []
+
+
+def test_largest_only_versus_all_faces_and_min_size(real_faces):
+    a, g = real_faces["astronaut"], real_faces["grace_hopper"]
+    h = max(a.shape[0], g.shape[0])
+    both = np.zeros((h, a.shape[1] + g.shape[1], 3), np.uint8)
+    both[: a.shape[0], : a.shape[1]] = a
+    both[: g.shape[0], a.shape[1]:] = g
+    all_faces = create_detector(FaceOptions(largest_only=False)).detect(both)
+    assert len(all_faces) == 2 and all_faces[0].area >= all_faces[1].area
+    largest = create_detector(FaceOptions(largest_only=True)).detect(both)
+    assert largest == all_faces[:1] and largest[0].x >= a.shape[1]  # grace_hopper's face is the larger one
+    big_only = create_detector(FaceOptions(largest_only=False, min_size=150)).detect(both)
+    assert big_only == all_faces[:1]
+
+
+def test_downscaled_detection_maps_back_to_frame_pixels(real_faces):
+    img = real_faces["grace_hopper"]
+    full = create_detector(FaceOptions()).detect(img)[0]
+    small = create_detector(FaceOptions(detect_max_side=256)).detect(img)[0]
+    assert abs(small.x - full.x) < 0.1 * full.w and abs(small.w - full.w) < 0.15 * full.w
+
+
+def test_crop_with_margin_is_clamped_to_the_frame():
+    frame = np.arange(100 * 80 * 3, dtype=np.uint32).astype(np.uint8).reshape(100, 80, 3)
+    crop, b = crop_face(frame, Box(10, 20, 40, 40), margin=0.25)
+    assert b == Box(0, 10, 60, 60) and crop.shape == (60, 60, 3)
+    assert np.array_equal(crop, frame[10:70, 0:60])
+    crop, b = crop_face(frame, Box(60, 80, 30, 30), margin=0.5)
+    assert (b.x + b.w, b.y + b.h) == (80, 100)
+    crop[:] = 0  # a copy: the frame is untouched
+    assert frame[99, 79].any()
+    with pytest.raises(ValueError, match="outside the frame"):
+        crop_face(frame, Box(200, 200, 10, 10))
+
+
+def test_bad_frames_are_refused_clearly():
+    det = create_detector(FaceOptions())
+    for bad, msg in [(np.zeros((10, 10, 3), np.float32), "uint8"), (np.zeros((10, 10, 2), np.uint8), "shape"),
+                     ("frame.jpg", "numpy image"), (np.zeros((0, 10, 3), np.uint8), "shape")]:
+        with pytest.raises(ValueError, match=msg):
+            det.detect(bad)
+
+
+def test_detector_registry():
+    assert {"haar", "full_frame"} <= set(list_detectors())
+    with pytest.raises(InfantinoError, match="valid: full_frame, haar.*Did you mean 'haar'"):
+        create_detector(FaceOptions(detector="harr"))
+    ff = create_detector(FaceOptions(detector="full_frame"))
+    assert ff.detect(np.zeros((64, 48, 3), np.uint8)) == [Box(0, 0, 48, 64)]
