@@ -49,8 +49,6 @@ class SourceConfig(BaseModel):
     queue_size: int = Field(default=2, ge=1, description="frames buffered from a live source")
     drop_old: bool = Field(default=True, description="live: drop the oldest buffered frame when full")
     loop: bool = Field(default=False, description="files and folders: start again at the end")
-    realtime: bool = Field(default=False, description="video files: deliver frames at the file's frame rate "
-                           "(or `fps`), like a camera, instead of as fast as they decode")
     width: Optional[int] = Field(default=None, ge=1, description="camera capture width")
     height: Optional[int] = Field(default=None, ge=1, description="camera capture height")
     fps: Optional[float] = Field(default=None, gt=0, description="camera capture rate")
@@ -189,29 +187,17 @@ class VideoFileSource(FrameSource):
         while not self._stop.is_set():
             cap = self._open()
             n = 0
-            period = self._period(cap)
-            t0 = time.monotonic()
             try:
                 while not self._stop.is_set():
                     ok, frame = cap.read()
                     if not ok or frame is None:
                         break
                     n += 1
-                    if period:  # pace like a camera: frame n is due at t0 + n * period
-                        self._stop.wait(max(0.0, t0 + n * period - time.monotonic()))
                     yield frame
             finally:
                 cap.release()
             if not self.config.loop or n == 0:
                 return
-
-
-    def _period(self, cap) -> float:
-        """Seconds between frames when pacing in real time (0 = as fast as frames decode)."""
-        if not self.config.realtime:
-            return 0.0
-        fps = self.config.fps or cap.get(_cv2().CAP_PROP_FPS) or 25.0
-        return 1.0 / fps
 
 
 class _Failure:

@@ -121,17 +121,3 @@ def test_missing_camera_is_retried_then_reported():
     with pytest.raises(SourceError, match=r"source 63 failed \(cannot open\) after 2 reopen attempt"):
         next(iter(src))
     assert src.backoffs == [0.01, 0.02]
-
-
-def test_video_file_in_realtime_is_paced_like_a_camera(runtime_video_file):
-    """realtime=True delivers a file at its own frame rate (here 10 fps, or `fps` when given)."""
-    import time
-
-    path, n = runtime_video_file
-    t0 = time.monotonic()
-    with open_source(str(path), realtime=True, fps=50.0) as src:
-        got = [runtime_frame_number(f) for f in src]
-    paced = time.monotonic() - t0
-    assert got == list(range(n))
-    # 12 frames at 50 fps cannot arrive before frame 12 is due (0.24 s); unpaced they decode in a few ms.
-    assert paced >= (n - 1) / 50.0
