@@ -81,6 +81,13 @@ class StatusMessage(_Msg):
     dropped_frames: int = 0
     errors: list[str] = []
     last_update: Optional[dict] = None
+    # added by the device daemon (issue 7): update rejections by reason, rollback target, camera state
+    rejections: dict[str, int] = {}
+    previous_head_version: Optional[int] = None
+    camera: Optional[str] = None
+    uptime_s: Optional[float] = None
+    samples_sent: int = 0
+    last_face_frame_id: Optional[int] = None  # newest frame with a face that `label` can still use
 
 
 class CommandMessage(_Msg):

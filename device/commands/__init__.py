@@ -1,0 +1,1 @@
+"""Subcommands of `infantino-device` (each module: HELP, add_arguments(parser), run(args) -> int)."""

@@ -1,0 +1,515 @@
+"""The device daemon: camera -> pipeline -> MQTT predictions/status, with OTA head updates and labelled samples.
+
+Threads: a grabber keeps only the latest frame (a frame not yet processed is replaced and counted as dropped,
+so there is never a growing queue); the processing loop runs `pipeline.predict_frame` on the latest frame and
+remembers recent frames' embeddings by frame id (for `label`); a control thread applies head updates and
+commands in arrival order; paho's thread runs the network; the caller's thread supervises (status every N s,
+stalled-camera reopen) until `request_stop()` (SIGTERM/SIGINT in the CLI).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+
+from infantino.runtime.head import Head
+from infantino.runtime.messages import CommandMessage, FacePrediction, PredictionMessage, SampleMessage, StatusMessage
+from infantino.runtime.mqtt import Message
+
+from .config import DeviceConfig
+from .head_store import HeadStore
+from .mqtt_link import DeviceLink
+from .ota import OtaApplier, OtaResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BundleFacts:
+    """What the daemon needs to know about its bundle: extractor id, initial head, embedding size, an id."""
+
+    extractor_id: str
+    head: Head
+    embedding_dim: int
+    bundle_id: str
+
+    @classmethod
+    def from_bundle(cls, bundle) -> "BundleFacts":
+        import hashlib
+
+        from infantino.runtime.manifest import MANIFEST_FILE
+
+        m = bundle.manifest
+        digest = hashlib.sha256((bundle.root / MANIFEST_FILE).read_bytes()).hexdigest()[:12]
+        return cls(extractor_id=bundle.extractor_id, head=bundle.head, embedding_dim=bundle.embedding_dim,
+                   bundle_id=f"{m.model.name}:{m.model.version}/{m.target}/{m.precision}@{digest}")
+
+
+class FrameSlot:
+    """Holds only the latest frame; putting a frame over an unprocessed one counts a dropped frame."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._item: tuple[int, np.ndarray, float] | None = None
+        self.grabbed = 0
+        self.dropped = 0
+        self.last_put = time.monotonic()
+
+    def put(self, frame_id: int, frame: np.ndarray) -> None:
+        with self._cond:
+            if self._item is not None:
+                self.dropped += 1
+            self._item = (frame_id, frame, time.time())
+            self.grabbed += 1
+            self.last_put = time.monotonic()
+            self._cond.notify()
+
+    def take(self, timeout: float) -> tuple[int, np.ndarray, float] | None:
+        with self._cond:
+            if self._item is None:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+
+@dataclass
+class FrameRecord:
+    """A processed frame kept for labelling: its faces' boxes, labels and embeddings (never the image)."""
+
+    frame_id: int
+    timestamp: float
+    head_version: Optional[int]
+    faces: list[dict] = field(default_factory=list)
+
+
+class FrameRing:
+    """The last N processed frames by frame id."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._d: collections.OrderedDict[int, FrameRecord] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, rec: FrameRecord) -> None:
+        with self._lock:
+            self._d[rec.frame_id] = rec
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+    def get(self, frame_id: int | None) -> FrameRecord | None:
+        """The frame with this id, or (None) the latest frame that has a face."""
+        with self._lock:
+            if frame_id is not None:
+                return self._d.get(frame_id)
+            for rec in reversed(self._d.values()):
+                if rec.faces:
+                    return rec
+            return None
+
+    def span(self) -> tuple[int, int] | None:
+        with self._lock:
+            if not self._d:
+                return None
+            return next(iter(self._d)), next(reversed(self._d))
+
+    def recent(self, n: int) -> list[FrameRecord]:
+        with self._lock:
+            return list(self._d.values())[-n:]
+
+
+class Stats:
+    """Frame rate and per-stage latency over a sliding window."""
+
+    def __init__(self, window: int = 200, fps_window_s: float = 5.0):
+        self._lat: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=window))
+        self._times: collections.deque = collections.deque(maxlen=5000)
+        self.fps_window_s = fps_window_s
+        self.frames = 0
+        self._lock = threading.Lock()
+
+    def record(self, timings: dict[str, float]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.frames += 1
+            self._times.append(now)
+            for k, v in timings.items():
+                self._lat[k].append(float(v))
+
+    def fps(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            ts = [t for t in self._times if now - t <= self.fps_window_s]
+        if len(ts) < 2:
+            return 0.0
+        return (len(ts) - 1) / max(ts[-1] - ts[0], 1e-6)
+
+    def latency_ms(self) -> dict[str, float]:
+        with self._lock:
+            out = {k: round(float(np.median(v)), 3) for k, v in self._lat.items() if v}
+            if self._lat.get("total"):
+                out["total_p95"] = round(float(np.percentile(self._lat["total"], 95)), 3)
+        return out
+
+
+class PredictionLimiter:
+    """Publish predictions when they change (at most `max_hz`) and at least every `heartbeat_s`."""
+
+    def __init__(self, max_hz: float, heartbeat_s: float):
+        self.min_gap = 1.0 / max_hz
+        self.heartbeat_s = heartbeat_s
+        self._last_key: Any = object()
+        self._last_t = float("-inf")
+
+    def should_publish(self, key, now: float) -> bool:
+        since = now - self._last_t
+        if (key != self._last_key and since >= self.min_gap) or since >= self.heartbeat_s:
+            self._last_key, self._last_t = key, now
+            return True
+        return False
+
+
+class DeviceDaemon:
+    """One camera's daemon. `pipeline` is a runtime Pipeline (predict_frame/predict, head, swap_head);
+    `source_factory()` opens the camera and returns an iterable of BGR frames (reopened when it stalls or ends).
+    """
+
+    def __init__(self, config: DeviceConfig, pipeline, facts: BundleFacts, source_factory: Callable[[], Iterable],
+                 *, update_public_key=None, backend_name: str | None = None):
+        from infantino.runtime.signing import load_public_key
+
+        self.config = config
+        self.pipeline = pipeline
+        self.facts = facts
+        self.source_factory = source_factory
+        self.public_key = update_public_key or load_public_key(config.update_key_path)
+        self.backend_name = backend_name or _backend_name(pipeline)
+        self.stop_event = threading.Event()
+        self.slot = FrameSlot()
+        self.ring = FrameRing(config.label_buffer_frames)
+        self.stats = Stats()
+        self.errors: collections.deque[str] = collections.deque(maxlen=config.errors_kept)
+        self.inbox: queue.Queue = queue.Queue()
+        self._status_now = threading.Event()
+        self._frame_id = 0
+        self._grab_gen = 0
+        self._grab_thread: threading.Thread | None = None
+        self.camera_state = "starting"
+        self.camera_reopens = 0
+        self.samples_sent = 0
+        self.started_at = time.time()
+        self.limiter = PredictionLimiter(config.publish.predictions_max_hz, config.publish.predictions_heartbeat_s)
+        self._threads: list[threading.Thread] = []
+        self.store: HeadStore | None = None
+        self.ota: OtaApplier | None = None
+        self.link: DeviceLink | None = None
+        self.on_applied: list[Callable[[OtaResult], None]] = []
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> "DeviceDaemon":
+        """Load the last good head, connect, and start the threads (returns at once)."""
+        self.store = HeadStore(self.config.state_dir)
+        loaded = self.store.load(self.facts.head)
+        for p in loaded.problems:
+            self._error(f"head store: {p}")
+        if self.pipeline.head.sha256 != loaded.head.sha256 or self.pipeline.head.version != loaded.head.version:
+            self.pipeline.swap_head(loaded.head)
+        self.link = DeviceLink(self.config, on_update=lambda m: self.inbox.put(("update", m)),
+                               on_command=lambda m: self.inbox.put(("cmd", m)),
+                               on_connect=lambda _sp: self._status_now.set())
+        self.ota = OtaApplier(self.store, self.public_key, self.facts.extractor_id,
+                              embedding_dim=self.facts.embedding_dim, swap=self.pipeline.swap_head,
+                              request_full_head=self.link.request_full_head, on_result=self._on_ota_result)
+        for name, target in (("process", self._process_loop), ("control", self._control_loop)):
+            t = threading.Thread(target=target, name=f"infantino-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._start_grabber()
+        self.link.start()
+        log.info("device %s (fleet %s) running head v%d from %s; bundle %s; backend %s", self.config.device_id,
+                 self.config.fleet, loaded.head.version, loaded.source, self.facts.bundle_id, self.backend_name)
+        return self
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> int:
+        """start(), supervise until request_stop(), then stop cleanly. Returns the exit code (0)."""
+        self.start()
+        try:
+            self.supervise()
+        finally:
+            self.stop()
+        return 0
+
+    def supervise(self) -> None:
+        """Status every N seconds (and on events), stalled-camera reopen, until stop is requested."""
+        interval = self.config.publish.status_interval_s
+        next_status = time.monotonic()
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            if self._status_now.is_set() or now >= next_status:
+                self._status_now.clear()
+                self.publish_status()
+                next_status = now + interval
+            self._check_camera(now)
+            self._status_now.wait(min(0.2, max(0.0, next_status - now)))
+        log.info("stop requested")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(timeout=5)
+        if self.link is not None:
+            self.link.stop(status=self.status(state="offline"))
+        if self.store is not None:
+            self.store.close()
+        log.info("device %s stopped (%d frames, %d dropped)", self.config.device_id, self.stats.frames,
+                 self.slot.dropped)
+
+    # ---- camera --------------------------------------------------------------------------------
+    def _start_grabber(self) -> None:
+        self._grab_gen += 1
+        self.slot.last_put = time.monotonic()
+        self._grab_thread = threading.Thread(target=self._grab_loop, args=(self._grab_gen,),
+                                             name=f"infantino-grab-{self._grab_gen}", daemon=True)
+        self._grab_thread.start()
+
+    def _check_camera(self, now: float) -> None:
+        if self.camera_state == "ended":
+            return
+        stalled = now - self.slot.last_put
+        if stalled > self.config.camera.stall_timeout_s:
+            self._error(f"camera stalled: no frame for {stalled:.1f} s; reopening")
+            self.camera_reopens += 1
+            self.camera_state = "reopening"
+            self._start_grabber()  # the stuck reader exits when its read returns (generation changed)
+
+    def _grab_loop(self, gen: int) -> None:
+        cam = self.config.camera
+        while not self.stop_event.is_set() and gen == self._grab_gen:
+            src = None
+            try:
+                src = self.source_factory()
+                self.camera_state = "ok"
+                period = 1.0 / cam.fps if cam.fps else 0.0
+                next_t = time.monotonic()
+                for item in src:
+                    if self.stop_event.is_set() or gen != self._grab_gen:
+                        break
+                    frame = _frame_of(item)
+                    if frame is None:
+                        continue
+                    if period:  # pace files/folders to real time (cameras deliver at their own rate)
+                        next_t = max(next_t + period, time.monotonic() - period)
+                        if self.stop_event.wait(max(0.0, next_t - time.monotonic())):
+                            break
+                    self._frame_id += 1
+                    self.slot.put(self._frame_id, frame)
+                else:
+                    if gen == self._grab_gen and not self.stop_event.is_set():
+                        log.info("camera source ended")
+                        if not cam.reopen_on_end:
+                            self.camera_state = "ended"
+                            return
+            except Exception as e:
+                if gen == self._grab_gen:
+                    self._error(f"camera: {e}")
+                    self.camera_state = "error"
+            finally:
+                close = getattr(src, "close", None)
+                if callable(close):
+                    try:
+                        close()
+                    except Exception:
+                        pass
+            if self.stop_event.wait(cam.reopen_delay_s):
+                return
+
+    # ---- frames ----------------------------------------------------------------------------------
+    def _process_loop(self) -> None:
+        predict_frame = getattr(self.pipeline, "predict_frame", None)
+        while not self.stop_event.is_set():
+            item = self.slot.take(timeout=0.2)
+            if item is None:
+                continue
+            frame_id, frame, grabbed_at = item
+            t0 = time.perf_counter()
+            try:
+                if predict_frame is not None:
+                    fr = predict_frame(frame)
+                    faces, timings = fr.faces, dict(fr.timings)
+                else:
+                    faces = self.pipeline.predict(frame)
+                    timings = dict(faces[0].timings) if faces else {}
+            except Exception as e:
+                self._error(f"frame {frame_id}: {type(e).__name__}: {e}")
+                continue
+            timings["total"] = (time.perf_counter() - t0) * 1e3
+            self.stats.record(timings)
+            head_version = faces[0].head_version if faces else self.pipeline.head.version
+            self.ring.add(FrameRecord(frame_id, grabbed_at, head_version, [
+                {"box": tuple(int(v) for v in f.box), "label": f.label,
+                 "embedding": np.asarray(f.embedding, dtype=np.float32)} for f in faces]))
+            self._maybe_publish_predictions(frame_id, grabbed_at, head_version, faces)
+
+    def _maybe_publish_predictions(self, frame_id: int, ts: float, head_version: int, faces) -> None:
+        if not self.config.publish.predictions or self.link is None or not self.link.connected:
+            return
+        key = tuple((f.label, tuple(f.prediction_set)) for f in faces)
+        if not self.limiter.should_publish(key, time.monotonic()):
+            return
+        msg = PredictionMessage(device_id=self.config.device_id, frame_id=frame_id, timestamp=ts,
+                                head_version=head_version,
+                                faces=[FacePrediction(box=tuple(int(v) for v in f.box), label=f.label,
+                                                      probabilities=f.probabilities, entropy=f.entropy,
+                                                      prediction_set=list(f.prediction_set)) for f in faces])
+        self.link.publish_prediction(msg)
+
+    # ---- updates and commands --------------------------------------------------------------------
+    def _control_loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                kind, msg = self.inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                if kind == "update":
+                    self._handle_update(msg)
+                else:
+                    self._handle_command(msg)
+            except Exception as e:  # never let one message kill the control thread
+                log.exception("handling %s on %s failed", kind, msg.topic)
+                self._error(f"{kind} on {msg.topic}: {type(e).__name__}: {e}")
+
+    def _handle_update(self, msg: Message) -> OtaResult:
+        res = self.ota.handle(msg.payload, source=msg.topic, received_at=msg.received_at)
+        if self.link.is_full_head(msg):
+            self.link.full_head_handled()
+        return res
+
+    def _on_ota_result(self, res: OtaResult) -> None:
+        if res.status == "rejected":
+            self._error(f"update rejected ({res.reason}): {res.message}")
+            self._status_now.set()
+        elif res.status in ("applied", "rolled_back"):
+            self._status_now.set()
+            for fn in list(self.on_applied):
+                fn(res)
+
+    def _handle_command(self, msg: Message) -> None:
+        try:
+            cmd = CommandMessage.model_validate_json(msg.payload)
+        except ValueError as e:
+            self._error(f"bad command on {msg.topic}: {_short(e)}")
+            self.link.reply(msg, json.dumps({"ok": False, "error": f"bad command: {_short(e)}"}))
+            return
+        log.info("command %s (request %s)", cmd.command, cmd.request_id)
+        if cmd.command == "label":
+            reply = self.label(cmd.label, cmd.frame_id, cmd.annotator)
+        elif cmd.command == "rollback":
+            res = self.ota.rollback(source="cmd")
+            reply = {"ok": res.status == "rolled_back", "result": res.as_dict()}
+            if res.status != "rolled_back":
+                reply["error"] = res.message
+        elif cmd.command == "request-full-head":
+            self.link.request_full_head()
+            reply = {"ok": True, "head_version": self.pipeline.head.version}
+        else:  # snapshot: status now, plus the recent frames one can label
+            self._status_now.set()
+            reply = {"ok": True, "status": json.loads(self.status().model_dump_json(exclude_none=True)),
+                     "frames": [{"frame_id": r.frame_id, "timestamp": r.timestamp, "head_version": r.head_version,
+                                 "faces": [{"box": f["box"], "label": f["label"]} for f in r.faces]}
+                                for r in self.ring.recent(20)]}
+        reply.update(command=cmd.command, request_id=cmd.request_id)
+        self.link.reply(msg, json.dumps(reply))
+
+    def label(self, label: str | None, frame_id: int | None = None, annotator: str | None = None) -> dict:
+        """Publish the embedding of a recent frame's (largest) face with a label; the image stays here."""
+        rec = self.ring.get(frame_id)
+        span = self.ring.span()
+        held = f"frames {span[0]}-{span[1]}" if span else "no frames yet"
+        if rec is None:
+            what = f"frame {frame_id} is not in the buffer ({held})" if frame_id is not None else \
+                f"no recent frame has a face ({held})"
+            return {"ok": False, "error": what}
+        if not rec.faces:
+            return {"ok": False, "error": f"frame {rec.frame_id} has no face"}
+        face = max(rec.faces, key=lambda f: f["box"][2] * f["box"][3])
+        try:
+            sample = SampleMessage(device_id=self.config.device_id, fleet=self.config.fleet,
+                                   sample_id=f"{self.config.device_id}-{uuid.uuid4().hex}",
+                                   embedding=[float(v) for v in face["embedding"]], extractor_id=self.facts.extractor_id,
+                                   label=label, annotator=annotator, frame_id=rec.frame_id,
+                                   head_version=rec.head_version)
+        except ValueError as e:
+            return {"ok": False, "error": _short(e)}
+        if sample.label is None:
+            return {"ok": False, "error": "a label is required"}
+        self.link.publish_sample(sample)
+        self.samples_sent += 1
+        log.info("sample %s: frame %d labelled %r", sample.sample_id, rec.frame_id, label)
+        return {"ok": True, "sample_id": sample.sample_id, "frame_id": rec.frame_id, "label": label,
+                "predicted": face["label"]}
+
+    # ---- status ------------------------------------------------------------------------------------
+    def _error(self, text: str) -> None:
+        log.warning(text)
+        self.errors.append(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}")
+
+    def status(self, state: str = "online") -> StatusMessage:
+        head = self.pipeline.head
+        ota = self.ota
+        rec = self.ring.get(None)
+        return StatusMessage(
+            device_id=self.config.device_id, state=state, head_version=head.version, head_sha256=head.sha256,
+            bundle_id=self.facts.bundle_id, backend=self.backend_name, fps=round(self.stats.fps(), 2),
+            latency_ms=self.stats.latency_ms(), frames=self.stats.frames, dropped_frames=self.slot.dropped,
+            errors=list(self.errors), last_update=ota.last_result.as_dict() if ota and ota.last_result else None,
+            rejections=dict(ota.rejections) if ota else {},
+            previous_head_version=self.store.previous.version if self.store and self.store.previous else None,
+            camera=self.camera_state, uptime_s=round(time.time() - self.started_at, 1),
+            samples_sent=self.samples_sent, last_face_frame_id=rec.frame_id if rec is not None else None,
+        )
+
+    def publish_status(self) -> None:
+        if self.link is not None and self.link.connected:
+            self.link.publish_status(self.status())
+
+
+def _frame_of(item) -> np.ndarray | None:
+    """Sources may yield frames or (id/timestamp, frame) tuples."""
+    if isinstance(item, np.ndarray):
+        return item
+    if isinstance(item, (tuple, list)):
+        for v in reversed(item):
+            if isinstance(v, np.ndarray):
+                return v
+    for attr in ("frame", "image"):
+        frame = getattr(item, attr, None)
+        if isinstance(frame, np.ndarray):
+            return frame
+    return None
+
+
+def _backend_name(pipeline) -> str | None:
+    b = getattr(pipeline, "backend", None)
+    return getattr(b, "name", None) if b is not None else None
+
+
+def _short(e: Exception) -> str:
+    errs = getattr(e, "errors", None)
+    if callable(errs):
+        try:
+            return "; ".join(f"{'.'.join(str(p) for p in x['loc']) or 'message'}: {x['msg']}" for x in errs())
+        except Exception:
+            pass
+    return str(e).splitlines()[0]

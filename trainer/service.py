@@ -1,0 +1,754 @@
+"""The cloud side of online learning: labelled samples in (MQTT), signed head updates out, versions in MLflow.
+
+UpdateService subscribes to every device's samples topic (QoS1, persistent session with an explicit client id,
+clean_start=False), drops repeats by sample_id, calls OnlineHead.learn_one per sample, and at most every
+`min_interval_ms` publishes one signed delta covering all samples since the last one, plus the retained full
+head. Crash safety, without putting a full state save on the update's critical path:
+- before a version is published, its number and sha256 are written to a small durable record
+  (`published.rec`, one fdatasync); a restarted service numbers its next update above it, so no version number is ever
+  published twice with different weights;
+- the full state (online head, published head, seen sample ids) is checkpointed every `checkpoint_every`
+  samples / `checkpoint_s` seconds and at stop; samples are acknowledged to the broker (manual PUBACK) only
+  after the checkpoint that includes them, so a crash makes the broker redeliver them rather than lose them;
+- after every (re)connect the broker's retained full head is checked: the same as ours -> nothing to do;
+  the version in the durable record (published before a crash) -> adopted as the base of the next delta;
+  newer (state restored from an older backup) -> adopted; missing or older -> ours is published again, or,
+  when this service no longer has the weights devices hold, a new full head with the next version.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from infantino.runtime.atomic import atomic_write_bytes, atomic_write_text
+from infantino.runtime.configfile import ConfigError, ExistingFile, ExistingPath, WritableDir, load_yaml_config
+from infantino.runtime.errors import HeadError, InfantinoError, UpdateRejected
+from infantino.runtime.head import Head
+from infantino.runtime.head_update import apply_update, encode_delta, encode_full
+from infantino.runtime.messages import SampleMessage
+from infantino.runtime.mqtt import BrokerConfig, Message, MqttLink
+from infantino.runtime.topics import Topics
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "service.json"
+INTENT_FILE = "published.rec"
+RETAINED_SYNC_S = 1.0  # after a connect, wait this long for the broker's retained head before re-publishing ours
+
+
+# ---- configuration -------------------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FleetConfig(_Strict):
+    """One fleet: its bundle (extractor id + the head devices start with) and the online head to continue."""
+
+    name: str
+    bundle: Optional[ExistingPath] = Field(None, description="the bundle the fleet's devices run (directory or "
+                                           ".tar): gives the extractor id and the head devices start with")
+    initial_head: Optional[ExistingFile] = Field(None, description="instead of bundle: the bundle's head.infh "
+                                                 "(it names its extractor id)")
+    head_state: ExistingPath = Field(..., description="OnlineHead state (head_state.pkl or its directory) to start from")
+    devices: Optional[list[str]] = Field(None, description="accept samples only from these device ids")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.bundle is None) == (self.initial_head is None):
+            raise ValueError("give either bundle (the fleet's bundle) or initial_head (its head.infh), exactly one")
+        return self
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        import re
+
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", v):
+            raise ValueError(f"fleet name must be letters, digits, '.', '_' or '-' (an MQTT topic level), got {v!r}")
+        return v
+
+
+class MlflowConfig(_Strict):
+    enabled: bool = True
+    tracking_uri: Optional[str] = Field(None, description="default: trainer.tracking's (sqlite:///mlflow.db)")
+    experiment: str = "infantino-online"
+    flush_s: float = Field(5.0, gt=0, description="log head versions in batches at most this often")
+
+
+class TrainerServiceConfig(_Strict):
+    """`infantino-train serve` settings (trainer.yaml); relative paths resolve against the file's folder."""
+
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    topic_prefix: str = "infantino"
+    service_id: str = Field("infantino-trainer", description="MQTT client id: keep it stable (persistent session)")
+    fleets: list[FleetConfig] = Field(..., min_length=1)
+    state_dir: WritableDir = Field(..., description="service state, one sub-folder per fleet")
+    signing_key: ExistingFile = Field(..., description="Ed25519 private key that signs head updates")
+    public_key: Optional[ExistingFile] = Field(None, description="verifies bundles (default: from signing_key)")
+    min_interval_ms: int = Field(200, ge=0, le=3_600_000, description="at most one update per fleet this often")
+    delta_dtype: Literal["float32", "float16"] = "float32"
+    compression: Literal["none", "zlib"] = "none"
+    checkpoint_every: int = Field(16, ge=1, le=10000, description="checkpoint + acknowledge at least every N samples")
+    checkpoint_s: float = Field(2.0, gt=0, le=3600, description="... and at least this often (seconds)")
+    dedupe_window: int = Field(20000, ge=100, description="sample ids remembered to drop redeliveries")
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [f.name for f in self.fleets]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"fleet names must be unique, repeated: {', '.join(dup)}")
+        if self.broker.client_id is None:
+            self.broker.client_id = self.service_id
+        return self
+
+
+def load_service_config(path: str | os.PathLike, overrides: dict | None = None) -> TrainerServiceConfig:
+    return load_yaml_config(TrainerServiceConfig, path, overrides)
+
+
+# ---- per-fleet state ---------------------------------------------------------------------------------------
+class VersionRecord:
+    """The last published version, durable before each publish at the cost of one fdatasync (no rename).
+
+    Two 512-byte slots in one preallocated file, written alternately in place: each slot holds a JSON record
+    and its CRC32. A write torn by a crash leaves that slot invalid and the other one (the previous record)
+    intact; reading picks the valid slot with the higher sequence number.
+    """
+
+    SLOT = 512
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+        self.seq, self.record = self._read()
+
+    def _read(self) -> tuple[int, dict]:
+        import zlib
+
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return 0, {}
+        best = (0, {})
+        for i in range(2):
+            chunk = raw[i * self.SLOT:(i + 1) * self.SLOT]
+            try:
+                crc, body = chunk.rstrip(b"\0 ").split(b" ", 1)
+                if int(crc, 16) != zlib.crc32(body):
+                    continue
+                rec = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if isinstance(rec, dict) and int(rec.get("seq", 0)) > best[0]:
+                best = (int(rec["seq"]), rec)
+        return best
+
+    def write(self, record: dict) -> None:
+        import zlib
+
+        seq = self.seq + 1
+        body = json.dumps({**record, "seq": seq}, sort_keys=True).encode()
+        line = f"{zlib.crc32(body):08x} ".encode() + body
+        if len(line) > self.SLOT:
+            raise ValueError("version record too large")
+        if self._fd is None:
+            new = not self.path.exists()
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if new or os.fstat(self._fd).st_size < 2 * self.SLOT:
+                os.pwrite(self._fd, b"\0" * (2 * self.SLOT), 0)
+                os.fsync(self._fd)
+                from infantino.runtime.atomic import fsync_dir
+
+                fsync_dir(self.path.parent)
+        os.pwrite(self._fd, line.ljust(self.SLOT, b"\0"), (seq % 2) * self.SLOT)
+        os.fdatasync(self._fd)
+        self.seq, self.record = seq, {**record, "seq": seq}
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class FleetState:
+    """A fleet's online head, the head devices hold (last published) and recently seen sample ids, on disk.
+
+    Checkpoint = write online.<gen>.pkl and published.<gen>.infh, then service.json naming them (atomic rename):
+    a crash leaves the previous checkpoint or the new one, never a mix. `floor` is the highest version ever
+    published (durable in published.rec, written before each publish); when it is above the checkpoint's
+    published head, the weights devices hold are unknown here until the broker's retained head is adopted.
+    """
+
+    def __init__(self, state_dir: Path, online, published: Head, seen: list[str], gen: int, learned: int,
+                 dedupe_window: int, floor: int | None = None, floor_sha256: str | None = None):
+        self.dir = state_dir
+        self.online = online
+        self.published = published
+        self.seen: OrderedDict[str, None] = OrderedDict((s, None) for s in seen)
+        self.gen = gen
+        self.learned = learned
+        self.dedupe_window = dedupe_window
+        self.record: VersionRecord | None = None
+        self.floor = published.version if floor is None else max(floor, published.version)
+        self.floor_sha256 = floor_sha256 if self.floor > published.version else published.sha256
+
+    @property
+    def knows_device_head(self) -> bool:
+        """True when the weights of the latest published version are here (deltas are possible)."""
+        return self.published.version == self.floor and self.published.sha256 == self.floor_sha256
+
+    @classmethod
+    def open(cls, state_dir: Path, fresh: Callable[[], tuple[object, Head]], dedupe_window: int) -> "FleetState":
+        from .online_head import OnlineHead
+
+        state_dir.mkdir(parents=True, exist_ok=True)
+        meta_path = state_dir / STATE_FILE
+        record = VersionRecord(state_dir / INTENT_FILE)
+        intent = record.record
+        if meta_path.exists():
+            try:
+                meta = json.loads(meta_path.read_text())
+                online = OnlineHead.load(state_dir / meta["online_file"])
+                published = Head.from_bytes((state_dir / meta["published_file"]).read_bytes())
+            except (KeyError, ValueError, OSError, HeadError, InfantinoError) as e:
+                raise InfantinoError(f"service state in {state_dir} is unreadable ({e}); restore it from a backup "
+                                     f"or move it away to start from the configured head_state") from None
+            st = cls(state_dir, online, published, meta.get("seen", []), int(meta["gen"]),
+                     int(meta.get("learned", 0)), dedupe_window, intent.get("version"), intent.get("sha256"))
+            st.record = record
+            st._remove_stale_files()
+            log.info("fleet state %s: checkpoint at published head v%d, last published version v%d "
+                     "(%d samples learned)", state_dir, published.version, st.floor, st.learned)
+            return st
+        online, published = fresh()
+        st = cls(state_dir, online, published, [], 0, 0, dedupe_window, intent.get("version"), intent.get("sha256"))
+        st.record = record
+        st.commit()
+        return st
+
+    def seen_before(self, sample_id: str) -> bool:
+        return sample_id in self.seen
+
+    def remember(self, sample_id: str) -> None:
+        self.seen[sample_id] = None
+        while len(self.seen) > self.dedupe_window:
+            self.seen.popitem(last=False)
+
+    def record_published(self, head: Head, base_version: int | None) -> None:
+        """Durably note that `head` is (about to be) published: the version floor for every later update."""
+        if self.record is None:
+            self.record = VersionRecord(self.dir / INTENT_FILE)
+        self.record.write({"version": head.version, "sha256": head.sha256, "base_version": base_version,
+                           "time": round(time.time(), 3)})
+        self.published, self.floor, self.floor_sha256 = head, head.version, head.sha256
+
+    def commit(self) -> None:
+        """Checkpoint everything (online head state, published head, seen ids, counters)."""
+        gen = self.gen + 1
+        online_file, published_file = f"online.{gen}.pkl", f"published.{gen}.infh"
+        self.online.save(self.dir / online_file)
+        atomic_write_bytes(self.dir / published_file, self.published.to_bytes())
+        meta = {"gen": gen, "online_file": online_file, "published_file": published_file,
+                "published_version": self.published.version, "published_sha256": self.published.sha256,
+                "learned": self.learned, "seen": list(self.seen), "saved_at": time.time()}
+        atomic_write_text(self.dir / STATE_FILE, json.dumps(meta))
+        self.gen = gen
+        self._remove_stale_files()
+
+    def _remove_stale_files(self) -> None:
+        keep = {f"online.{self.gen}.pkl", f"published.{self.gen}.infh"}
+        for p in list(self.dir.glob("online.*.pkl")) + list(self.dir.glob("published.*.infh")):
+            if p.name not in keep:
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+
+
+@dataclass
+class PublishedUpdate:
+    """One published version: what went out and when (for tests, benchmarks and MLflow)."""
+
+    fleet: str
+    version: int
+    base_version: int
+    sha256: str
+    delta_bytes: int
+    full_bytes: int
+    samples: int
+    learned_total: int
+    published_at: float
+    sample_ids: list[str] = field(default_factory=list)
+    first_received_at: Optional[float] = None  # when the oldest sample of this update reached the service
+
+
+class FleetWorker:
+    """Learning and publishing for one fleet."""
+
+    def __init__(self, cfg: FleetConfig, svc: "TrainerServiceConfig", signing_key, public_key, topics: Topics):
+        from infantino.runtime.bundle import load_bundle
+
+        from .online_head import OnlineHead
+
+        self.cfg = cfg
+        self.name = cfg.name
+        self.svc = svc
+        self.signing_key = signing_key
+        self.public_key = public_key
+        self.head_topic = topics.fleet_head(cfg.name)
+        self.delta_topic = topics.fleet_delta(cfg.name)
+        if cfg.bundle is not None:
+            bundle = load_bundle(cfg.bundle, public_key=public_key)
+            self.extractor_id, bundle_head = bundle.extractor_id, bundle.head
+        else:
+            try:
+                bundle_head = Head.from_bytes(Path(cfg.initial_head).read_bytes())
+            except HeadError as e:
+                raise ConfigError(f"fleet {cfg.name}: initial_head {cfg.initial_head} is not a head file: {e}") from None
+            self.extractor_id = bundle_head.extractor_id
+
+        def fresh():
+            online = OnlineHead.load(cfg.head_state)
+            if online.extractor_id and online.extractor_id != self.extractor_id:
+                raise ConfigError(f"fleet {cfg.name}: head_state was trained on extractor {online.extractor_id[:12]}…, "
+                                  f"the bundle runs {self.extractor_id[:12]}…")
+            online.extractor_id = self.extractor_id
+            head = online.to_head()
+            if head.shapes != bundle_head.shapes or tuple(head.classes) != tuple(bundle_head.classes):
+                raise ConfigError(f"fleet {cfg.name}: head_state's head {head.shapes} does not match the bundle's "
+                                  f"head {bundle_head.shapes} (shapes or classes)")
+            return online, bundle_head
+
+        self.state = FleetState.open(Path(svc.state_dir) / cfg.name, fresh, svc.dedupe_window)
+        if self.state.published.extractor_id != self.extractor_id:
+            raise ConfigError(f"fleet {cfg.name}: the saved state belongs to another extractor; "
+                              f"move {self.state.dir} away to start over with this bundle")
+        self.full_bytes = encode_full(self.state.published, signing_key, compression=svc.compression)
+        self.dirty_samples: list[str] = []
+        self.first_received_at: float | None = None
+        self.unacked: list[Message] = []
+        self.last_publish = 0.0
+        self.last_checkpoint = time.monotonic()
+        self.force_full = False
+        self.synced = False
+        self.sync_deadline: float | None = None
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.dirty_samples) or self.force_full
+
+    def learn(self, sample: SampleMessage) -> str:
+        import numpy as np
+
+        weight = float(sample.confidence) if sample.confidence is not None and sample.confidence > 0 else 1.0
+        outcome = self.state.online.learn_one(np.asarray(sample.embedding, dtype=np.float32), label=sample.label,
+                                              labels=sample.labels, soft_label=sample.soft_label, weight=weight)
+        self.state.remember(sample.sample_id)
+        self.state.learned += 1
+        if outcome != "dropped":
+            self.dirty_samples.append(sample.sample_id)
+        return outcome
+
+    def make_update(self) -> tuple[bytes | None, bytes, Head] | None:
+        """(delta or None, full, result): the next version, above every version ever published; None if the
+        online head equals the published one. Without the weights devices hold, only a full head is possible."""
+        st = self.state
+        new = st.online.to_head()
+        pub = st.published
+        if (not self.force_full and st.knows_device_head and new.sha256 == pub.sha256
+                and new.conformal_qhat == pub.conformal_qhat):
+            return None
+        new = new.replace(version=st.floor + 1, extractor_id=self.extractor_id)
+        delta = None
+        if st.knows_device_head and new.shapes == pub.shapes:
+            delta, new = encode_delta(pub, new, self.signing_key, dtype=self.svc.delta_dtype,
+                                      compression=self.svc.compression)
+        full = encode_full(new, self.signing_key, compression=self.svc.compression)
+        return delta, full, new
+
+    def check_retained(self, payload: bytes) -> str:
+        """Reconcile with the broker's retained head: 'same', 'adopted', 'republish' (ours) or 'new_full'."""
+        st = self.state
+        try:
+            head = apply_update(None, payload, self.public_key, self.extractor_id)
+        except UpdateRejected as e:
+            log.warning("fleet %s: the retained head on the broker is unusable (%s)", self.name, e)
+            head = None
+        if head is not None and head.version == st.floor and head.sha256 == st.floor_sha256:
+            if st.knows_device_head:
+                return "same"
+            log.info("fleet %s: adopting the retained head v%d (published before a restart) as the delta base",
+                     self.name, head.version)
+            st.published, self.full_bytes = head, payload
+            return "adopted"
+        if head is not None and head.version > st.floor:
+            log.warning("fleet %s: the broker holds head v%d but this service had published up to v%d (state "
+                        "restored from an older copy?): adopting v%d as the base of the next update", self.name,
+                        head.version, st.floor, head.version)
+            st.record_published(head, None)
+            self.full_bytes = payload
+            return "adopted"
+        return self.retained_missing()
+
+    def retained_missing(self) -> str:
+        """The broker lacks our latest head: send it again, or a new version if its weights are not here."""
+        if self.state.knows_device_head:
+            return "republish"
+        log.warning("fleet %s: the broker lost head v%d and this service has no copy of it; publishing a new "
+                    "full head v%d", self.name, self.state.floor, self.state.floor + 1)
+        self.force_full = True
+        return "new_full"
+
+
+# ---- MLflow -----------------------------------------------------------------------------------------------
+class VersionTracker:
+    """Logs published head versions to MLflow in batches from its own thread (MLflow never blocks learning)."""
+
+    def __init__(self, cfg: MlflowConfig, params: dict):
+        self.cfg = cfg
+        self.params = params
+        self.q: queue.Queue = queue.Queue()
+        self.runs: dict[str, str] = {}
+        self.logged = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="infantino-mlflow", daemon=True)
+        self._client = None
+
+    def start(self) -> "VersionTracker":
+        self._thread.start()
+        return self
+
+    def record(self, upd: PublishedUpdate) -> None:
+        self.q.put(upd)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _connect(self):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        uri = self.cfg.tracking_uri
+        try:
+            from .tracking import configure_tracking
+
+            uri = configure_tracking(uri)
+        except ImportError:
+            uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+            mlflow.set_tracking_uri(uri)
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(self.cfg.experiment)
+        self.experiment_id = exp.experiment_id if exp else client.create_experiment(self.cfg.experiment)
+        return client
+
+    def _run_for(self, fleet: str) -> str:
+        if fleet not in self.runs:
+            run = self._client.create_run(self.experiment_id, run_name=f"online-{fleet}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                          tags={"infantino.fleet": fleet, "infantino.kind": "online-service"})
+            from mlflow.entities import Param
+
+            self._client.log_batch(run.info.run_id, params=[Param(k, str(v)[:500]) for k, v in
+                                                            {**self.params, "fleet": fleet}.items()])
+            self.runs[fleet] = run.info.run_id
+        return self.runs[fleet]
+
+    def _loop(self) -> None:
+        while True:
+            stopping = self._stop.wait(self.cfg.flush_s)
+            batch: list[PublishedUpdate] = []
+            while True:
+                try:
+                    batch.append(self.q.get_nowait())
+                except queue.Empty:
+                    break
+            if batch:
+                try:
+                    self._flush(batch)
+                except Exception as e:  # tracking trouble must not stop the service
+                    self.error = f"{type(e).__name__}: {e}"
+                    log.warning("MLflow logging failed (%s); %d versions not logged", self.error, len(batch))
+            if stopping:
+                return
+
+    def _flush(self, batch: list[PublishedUpdate]) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        if self._client is None:
+            self._client = self._connect()
+        by_fleet: dict[str, list[PublishedUpdate]] = {}
+        for u in batch:
+            by_fleet.setdefault(u.fleet, []).append(u)
+        for fleet, ups in by_fleet.items():
+            run_id = self._run_for(fleet)
+            metrics = []
+            for u in ups:
+                ts = int(u.published_at * 1000)
+                metrics += [Metric("head_version", u.version, ts, u.version),
+                            Metric("samples_learned", u.learned_total, ts, u.version),
+                            Metric("samples_in_update", u.samples, ts, u.version),
+                            Metric("delta_bytes", u.delta_bytes, ts, u.version),
+                            Metric("full_bytes", u.full_bytes, ts, u.version)]
+            last = ups[-1]
+            for i in range(0, len(metrics), 900):  # MLflow accepts up to 1000 metrics per batch
+                self._client.log_batch(run_id, metrics=metrics[i:i + 900])
+            self._client.log_batch(run_id, tags=[RunTag("head_version", str(last.version)),
+                                                 RunTag("head_sha256", last.sha256)])
+            self.logged += len(ups)
+
+
+# ---- the service --------------------------------------------------------------------------------------------
+class UpdateService:
+    """Samples in, signed head updates out. `start()` returns at once; `run()` blocks until `request_stop()`."""
+
+    def __init__(self, config: TrainerServiceConfig):
+        from infantino.runtime.signing import load_private_key, load_public_key
+
+        self.config = config
+        self.topics = Topics(config.topic_prefix)
+        self.signing_key = load_private_key(config.signing_key)
+        self.public_key = (load_public_key(config.public_key) if config.public_key
+                           else self.signing_key.public_key())
+        self.fleets = {f.name: FleetWorker(f, config, self.signing_key, self.public_key, self.topics)
+                       for f in config.fleets}
+        self.by_head_topic = {w.head_topic: w for w in self.fleets.values()}
+        self.inbox: queue.Queue = queue.Queue()
+        self.stop_event = threading.Event()
+        self.published: collections.deque[PublishedUpdate] = collections.deque(maxlen=10000)
+        self.counters = {"received": 0, "learned": 0, "duplicates": 0, "invalid": 0, "dropped": 0}
+        self.on_published: list[Callable[[PublishedUpdate], None]] = []
+        self.link = MqttLink(config.broker, client_id=config.broker.client_id or config.service_id,
+                             clean_start=False, manual_ack=True)
+        self.link.subscribe(self.topics.all_samples(), lambda m: self.inbox.put(("sample", m)), qos=1)
+        for topic in self.by_head_topic:
+            self.link.subscribe(topic, self._on_head_message, qos=1)
+        self.link.add_on_connect(lambda sp: self.inbox.put(("connected", None)))
+        self.tracker = None
+        if config.mlflow.enabled:
+            self.tracker = VersionTracker(config.mlflow, {
+                "min_interval_ms": config.min_interval_ms, "delta_dtype": config.delta_dtype,
+                "compression": config.compression, "service_id": config.service_id})
+        self._thread = threading.Thread(target=self._loop, name="infantino-update-service", daemon=True)
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> "UpdateService":
+        if self.tracker is not None:
+            self.tracker.start()
+        self._thread.start()
+        self.link.start()
+        for w in self.fleets.values():
+            log.info("fleet %s: published head v%d, extractor %s…, samples learned so far %d", w.name,
+                     w.state.published.version, w.extractor_id[:12], w.state.learned)
+        return self
+
+    @property
+    def ready(self) -> bool:
+        """Connected, and every fleet's retained head checked (updates flow from now on)."""
+        return self.link.connected.is_set() and all(w.synced for w in self.fleets.values())
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> int:
+        self.start()
+        try:
+            while not self.stop_event.wait(0.5):
+                pass
+        finally:
+            self.stop()
+        return 0
+
+    def stop(self) -> None:
+        """Publish what was learned, persist, acknowledge, disconnect, flush MLflow."""
+        self.stop_event.set()
+        self._thread.join(timeout=30)
+        self.link.stop(timeout=3.0)
+        for w in self.fleets.values():
+            if w.state.record is not None:
+                w.state.record.close()
+        if self.tracker is not None:
+            self.tracker.stop()
+        log.info("update service stopped: %s", self.counters)
+
+    # ---- network-thread handlers ---------------------------------------------------------------------
+    def _on_head_message(self, msg: Message) -> None:
+        self.link.ack(msg)
+        if msg.retain:
+            self.inbox.put(("retained", msg))
+
+    # ---- worker ------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            stopping = self.stop_event.is_set()
+            timeout = 0.0 if stopping else self._next_wake()
+            batch = []
+            try:
+                batch.append(self.inbox.get(timeout=timeout) if timeout > 0 else self.inbox.get_nowait())
+                while len(batch) < 256:
+                    batch.append(self.inbox.get_nowait())
+            except queue.Empty:
+                pass
+            for kind, msg in batch:
+                try:
+                    if kind == "sample":
+                        self._handle_sample(msg)
+                    elif kind == "retained":
+                        self._handle_retained(msg)
+                    elif kind == "connected":
+                        for w in self.fleets.values():
+                            w.synced, w.sync_deadline = False, time.monotonic() + RETAINED_SYNC_S
+                except Exception:  # one bad message must not stop the service
+                    log.exception("update service: handling a %s message failed (continuing)", kind)
+            try:
+                self._after_batch(final=stopping and not batch)
+            except Exception:  # e.g. a full disk: nothing is acknowledged, so nothing is lost; retried
+                log.exception("update service: publishing/checkpointing failed (will retry)")
+                time.sleep(0.5)
+            if stopping and not batch:
+                return
+
+    def _next_wake(self) -> float:
+        now = time.monotonic()
+        wake = 0.5
+        for w in self.fleets.values():
+            if w.sync_deadline is not None:
+                wake = min(wake, max(0.001, w.sync_deadline - now))
+            if w.dirty:
+                due = w.last_publish + self.config.min_interval_ms / 1000.0
+                wake = min(wake, max(0.001, due - now))
+            if w.unacked:
+                wake = min(wake, max(0.001, w.last_checkpoint + self.config.checkpoint_s - now))
+        return wake
+
+    def _handle_sample(self, msg: Message) -> None:
+        self.counters["received"] += 1
+        try:
+            sample = SampleMessage.model_validate_json(msg.payload)
+            device = self.topics.device_from_topic(msg.topic)
+            if sample.device_id != device:
+                raise ValueError(f"device_id {sample.device_id!r} does not match the topic's device {device!r}")
+            w = self.fleets.get(sample.fleet)
+            if w is None:
+                raise ValueError(f"unknown fleet {sample.fleet!r} (this service serves {', '.join(self.fleets)})")
+            if w.cfg.devices is not None and device not in w.cfg.devices:
+                raise ValueError(f"device {device!r} is not listed for fleet {w.name}")
+            if sample.extractor_id != w.extractor_id:
+                raise ValueError(f"sample embedding comes from extractor {sample.extractor_id[:12]}…, fleet "
+                                 f"{w.name} runs {w.extractor_id[:12]}…")
+        except ValueError as e:
+            self.counters["invalid"] += 1
+            log.warning("sample on %s refused: %s", msg.topic, _short_error(e))
+            self.link.ack(msg)  # nothing to learn: never redeliver
+            return
+        w.unacked.append(msg)
+        if w.state.seen_before(sample.sample_id):
+            self.counters["duplicates"] += 1
+            log.debug("sample %s seen before (redelivery); dropped", sample.sample_id)
+            return
+        try:
+            outcome = w.learn(sample)
+            if w.first_received_at is None:
+                w.first_received_at = msg.received_at
+        except (ValueError, InfantinoError) as e:
+            self.counters["invalid"] += 1
+            log.warning("sample %s from %s not learnable: %s", sample.sample_id, device, e)
+            w.state.remember(sample.sample_id)
+            return
+        except Exception:  # a bug, not bad input: say so loudly, and do not let it block the stream
+            self.counters["invalid"] += 1
+            log.exception("learning sample %s from %s failed", sample.sample_id, device)
+            w.state.remember(sample.sample_id)
+            return
+        self.counters["learned" if outcome != "dropped" else "dropped"] += 1
+
+    def _handle_retained(self, msg: Message) -> None:
+        w = self.by_head_topic.get(msg.topic)
+        if w is None:
+            return
+        if w.check_retained(msg.payload) == "republish":
+            self.link.publish(w.head_topic, w.full_bytes, qos=1, retain=True)
+        w.synced, w.sync_deadline = True, None
+
+    def _after_batch(self, final: bool = False) -> None:
+        now = time.monotonic()
+        for w in self.fleets.values():
+            if not w.synced and w.sync_deadline is not None and now >= w.sync_deadline:
+                verdict = w.retained_missing()
+                if verdict == "republish":
+                    log.info("fleet %s: no retained head on the broker; publishing v%d", w.name,
+                             w.state.published.version)
+                    self.link.publish(w.head_topic, w.full_bytes, qos=1, retain=True)
+                w.synced, w.sync_deadline = True, None
+            due = now - w.last_publish >= self.config.min_interval_ms / 1000.0
+            if w.dirty and (due or final) and (w.synced or final):
+                self._publish(w)
+            if w.unacked and (final or len(w.unacked) >= self.config.checkpoint_every
+                              or now - w.last_checkpoint >= self.config.checkpoint_s):
+                self._checkpoint(w)
+            elif final:
+                self._checkpoint(w)
+
+    def _checkpoint(self, w: FleetWorker) -> None:
+        """Save the fleet's state, then acknowledge the samples it includes."""
+        w.state.commit()
+        w.last_checkpoint = time.monotonic()
+        for m in w.unacked:
+            self.link.ack(m)
+        w.unacked.clear()
+
+    def _publish(self, w: FleetWorker) -> None:
+        upd = w.make_update()
+        sample_ids, w.dirty_samples = w.dirty_samples, []
+        first_received, w.first_received_at = w.first_received_at, None
+        if upd is None:
+            return
+        delta, full, result = upd
+        base = w.state.published.version if delta is not None else None
+        w.state.record_published(result, base)  # durable BEFORE publishing: this number is never reused
+        w.full_bytes, w.force_full = full, False
+        self.link.publish(w.head_topic, full, qos=1, retain=True)  # full first: a device missing the delta finds it
+        # devices follow the delta topic: without a delta base it carries the full update instead
+        self.link.publish(w.delta_topic, delta if delta is not None else full, qos=1)
+        w.last_publish = time.monotonic()
+        pu = PublishedUpdate(fleet=w.name, version=result.version, base_version=base if base is not None else -1,
+                             sha256=result.sha256, delta_bytes=len(delta) if delta else 0, full_bytes=len(full),
+                             samples=len(sample_ids), learned_total=w.state.learned, published_at=time.time(),
+                             sample_ids=sample_ids, first_received_at=first_received)
+        self.published.append(pu)
+        log.info("fleet %s: published head v%d (%d samples, %s, full %d B)", w.name, result.version,
+                 len(sample_ids), f"delta {len(delta)} B" if delta else "no delta", len(full))
+        if self.tracker is not None:
+            self.tracker.record(pu)
+        for fn in list(self.on_published):
+            try:
+                fn(pu)
+            except Exception:
+                log.exception("on_published callback failed")
+
+
+def _short_error(e: Exception) -> str:
+    """One line for a ValueError or a pydantic ValidationError (field: problem; ...)."""
+    errs = getattr(e, "errors", None)
+    if callable(errs):
+        try:
+            return "; ".join(f"{'.'.join(str(p) for p in x['loc']) or 'message'}: {x['msg']}" for x in errs())
+        except Exception:
+            pass
+    text = str(e)
+    return text.splitlines()[0] if text else type(e).__name__
