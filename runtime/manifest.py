@@ -76,7 +76,7 @@ class Manifest(_Model):
 
     schema_version: Literal[1] = SCHEMA_VERSION
     model: ModelInfo
-    extractor_id: str = Field(description="sha256 of the fp32 ONNX export: heads name the extractor they fit")
+    extractor_id: str = Field(description="sha256 of the extractor state dict (trainer.extractor.extractor_id): heads name the extractor they fit")
     preprocess: PreprocessSpec
     embedding_dim: int
     classes: list[str]

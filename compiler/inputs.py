@@ -1,0 +1,136 @@
+"""The compiler's inputs: the extractor (local checkpoint, trainer output folder or models:/ URI) and its head.
+
+Local paths never import MLflow; URIs go through trainer.tracking, like every other part. The head must have
+been fitted on this very extractor (same extractor_id), or the bundle would predict garbage.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from infantino.runtime.errors import HeadError, InfantinoError
+from infantino.runtime.head import Head
+
+log = logging.getLogger(__name__)
+
+HEAD_FILE = "head.infh"
+EXTRACTOR_FILE = "extractor.pt"
+HEAD_MODEL = "infantino-head"
+_MODELS_URI = re.compile(r"^models:/([^/@]+)(?:@([^/]+)|/(\d+))/?$")
+
+
+@dataclass
+class LoadedModel:
+    """The extractor in eval mode, its config, identity and provenance."""
+
+    model: Any
+    config: Any  # trainer.extractor.ExtractorConfig
+    checkpoint: Path
+    extractor_id: str
+    name: str
+    version: str
+    source: str
+
+
+def is_uri(s: str) -> bool:
+    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:/", str(s))) and not str(s).startswith("file:")
+
+
+def resolve_checkpoint(model: str) -> Path:
+    """extractor.pt for a file, a folder holding one (e.g. `infantino-train fit --out`), or an MLflow URI."""
+    if is_uri(model):
+        from infantino.trainer import tracking
+
+        return Path(tracking.resolve_extractor(model))
+    p = Path(model).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        if (p / EXTRACTOR_FILE).is_file():
+            return p / EXTRACTOR_FILE
+        found = sorted(p.rglob(EXTRACTOR_FILE), key=lambda q: len(q.parts))
+        if found:
+            return found[0]
+        raise InfantinoError(f"--model {model}: no {EXTRACTOR_FILE} in this folder")
+    raise FileNotFoundError(f"--model {model}: no such file or folder (give an {EXTRACTOR_FILE}, a trainer output "
+                            f"folder, or models:/infantino-extractor@champion)")
+
+
+def load_model(model: str) -> LoadedModel:
+    """Resolve and load the extractor; name/version come from the registry for models:/ URIs."""
+    from infantino.trainer.extractor import extractor_id, load_extractor
+
+    ckpt = resolve_checkpoint(model)
+    net, config = load_extractor(ckpt)
+    name, version = ckpt.parent.name or "extractor", "local"
+    m = _MODELS_URI.match(str(model))
+    if m:
+        name, alias, num = m.groups()
+        version = num or alias
+        if alias:
+            try:
+                from infantino.trainer import tracking
+
+                version = tracking.model_version_info(name, alias)["version"]
+            except Exception as e:  # provenance only: keep the alias if the registry lookup fails
+                log.warning("cannot look up %s@%s's version: %s", name, alias, e)
+    return LoadedModel(model=net, config=config, checkpoint=ckpt, extractor_id=extractor_id(net), name=name,
+                       version=str(version), source=str(model))
+
+
+def default_head(model: str) -> Optional[str]:
+    """The head that goes with --model: models:/<extractor>@ALIAS -> models:/infantino-head@ALIAS, else None."""
+    m = _MODELS_URI.match(str(model))
+    if m and m.group(2):
+        return f"models:/{HEAD_MODEL}@{m.group(2)}"
+    return None
+
+
+def resolve_head_file(head: Optional[str], checkpoint: Path, model: str = "") -> Path:
+    """head.infh from --head (file, folder, or models:/ URI); by default the registry head with the same alias
+    as a models:/ --model, or head.infh beside the extractor checkpoint."""
+    if head is None and default_head(model):
+        head = default_head(model)
+    if head is None:
+        p = checkpoint.parent / HEAD_FILE
+        if p.is_file():
+            return p
+        if is_uri(model):
+            raise InfantinoError(f"--model {model} names no alias to find its head by and carries no {HEAD_FILE}; "
+                                 f"pass --head (models:/{HEAD_MODEL}@ALIAS or a {HEAD_FILE})")
+        raise InfantinoError(f"no initial head: {p} does not exist; pass --head (a {HEAD_FILE}, a trainer output "
+                             "folder, or models:/infantino-head@champion)")
+    if is_uri(head):
+        from infantino.trainer import tracking
+
+        d = Path(tracking.resolve_head(head))
+        return d / HEAD_FILE
+    p = Path(head).expanduser()
+    if p.is_dir():
+        p = p / HEAD_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"--head {head}: {p} does not exist")
+    return p
+
+
+def load_head(path: Path, loaded: LoadedModel) -> Head:
+    """Parse the head and check it fits the extractor: extractor_id, embedding size and classes."""
+    try:
+        head = Head.from_bytes(path.read_bytes())
+    except HeadError as e:
+        raise InfantinoError(f"--head {path}: {e}") from None
+    if head.extractor_id != loaded.extractor_id:
+        raise InfantinoError(f"--head {path} was fitted on extractor {head.extractor_id[:12]}…, but --model "
+                             f"{loaded.source} is {loaded.extractor_id[:12]}…; use the head trained with this "
+                             "extractor (or re-fit one)")
+    if head.input_dim != loaded.config.embed_dim:
+        raise InfantinoError(f"--head {path} takes {head.input_dim}-d embeddings, the extractor gives "
+                             f"{loaded.config.embed_dim}-d")
+    if list(head.classes) != list(loaded.config.classes):
+        raise InfantinoError(f"--head {path} classes {list(head.classes)} differ from the extractor's "
+                             f"{list(loaded.config.classes)}")
+    return head
