@@ -25,6 +25,10 @@ CHECKPOINT_FORMAT = "infantino-extractor"
 CHECKPOINT_FORMAT_VERSION = 1
 
 
+# Backbones whose input convention is not timm's ImageNet RGB: name -> PreprocessSpec factory(img_size).
+DEFAULT_PREPROCESS: dict[str, callable] = {"mini_xception": PreprocessSpec.fer2013}
+
+
 @dataclass
 class ExtractorConfig:
     """Everything needed to rebuild the extractor and feed it: backbone, sizes, preprocessing."""
@@ -39,7 +43,8 @@ class ExtractorConfig:
 
     def __post_init__(self):
         if not self.preprocess:
-            self.preprocess = PreprocessSpec.imagenet(self.img_size).model_dump(mode="json")
+            default = DEFAULT_PREPROCESS.get(self.backbone, PreprocessSpec.imagenet)
+            self.preprocess = default(self.img_size).model_dump(mode="json")
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -114,7 +119,9 @@ def build_extractor(config: ExtractorConfig) -> EmbeddingNet:
             "(no model hub); use pretrained=None or the mini_xception backbone with --pretrained fer2013")
     backbone = timm.create_model(config.backbone, pretrained=False, num_classes=0,
                                  in_chans=config.in_chans, **config.backbone_kwargs)
-    return EmbeddingNet(backbone, backbone.num_features, config.embed_dim, len(config.classes))
+    # Models with a pre-logits layer (MobileNetV3/V4, LCNet, GhostNet) output head_hidden_size, not num_features.
+    dim = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+    return EmbeddingNet(backbone, dim, config.embed_dim, len(config.classes))
 
 
 def _load_custom_builders() -> None:
