@@ -441,22 +441,14 @@ class VersionTracker:
         self._thread.join(timeout)
 
     def _connect(self):
-        import mlflow
+        """Tracking per trainer.tracking (local SQLite + artifact folder by default, or the configured URI)."""
         from mlflow.tracking import MlflowClient
 
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        uri = self.cfg.tracking_uri
-        try:
-            from .tracking import configure_tracking
+        from .tracking import configure_tracking, ensure_experiment
 
-            uri = configure_tracking(uri)
-        except ImportError:
-            uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-            mlflow.set_tracking_uri(uri)
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(self.cfg.experiment)
-        self.experiment_id = exp.experiment_id if exp else client.create_experiment(self.cfg.experiment)
-        return client
+        uri = configure_tracking(self.cfg.tracking_uri)
+        self.experiment_id = ensure_experiment(self.cfg.experiment)
+        return MlflowClient(tracking_uri=uri)
 
     def _run_for(self, fleet: str) -> str:
         if fleet not in self.runs:
