@@ -219,6 +219,9 @@ class FitTracker:
         level = pt_log.level
         pt_log.setLevel(logging.ERROR)
         try:
+            # The fluent API checks its process-global active experiment against the run's: align them, so an
+            # earlier mlflow.set_experiment() elsewhere in the process cannot make this fail.
+            mlflow.set_experiment(experiment_id=self.experiment_id)
             with mlflow.start_run(run_id=self.run_id):
                 e_info = mlflow.pytorch.log_model(
                     model, name="extractor", extra_files=[str(extractor_ckpt)], serialization_format="pickle",
