@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
+from infantino.runtime.configfile import short_error
 from infantino.runtime.head import Head
 from infantino.runtime.messages import CommandMessage, FacePrediction, PredictionMessage, SampleMessage, StatusMessage
 from infantino.runtime.mqtt import Message
@@ -409,8 +410,8 @@ class DeviceDaemon:
         try:
             cmd = CommandMessage.model_validate_json(msg.payload)
         except ValueError as e:
-            self._error(f"bad command on {msg.topic}: {_short(e)}")
-            self.link.reply(msg, json.dumps({"ok": False, "error": f"bad command: {_short(e)}"}))
+            self._error(f"bad command on {msg.topic}: {short_error(e)}")
+            self.link.reply(msg, json.dumps({"ok": False, "error": f"bad command: {short_error(e)}"}))
             return
         log.info("command %s (request %s)", cmd.command, cmd.request_id)
         if cmd.command == "label":
@@ -451,7 +452,7 @@ class DeviceDaemon:
                                    label=label, annotator=annotator, frame_id=rec.frame_id,
                                    head_version=rec.head_version)
         except ValueError as e:
-            return {"ok": False, "error": _short(e)}
+            return {"ok": False, "error": short_error(e)}
         if sample.label is None:
             return {"ok": False, "error": "a label is required"}
         self.link.publish_sample(sample)
@@ -504,12 +505,3 @@ def _backend_name(pipeline) -> str | None:
     b = getattr(pipeline, "backend", None)
     return getattr(b, "name", None) if b is not None else None
 
-
-def _short(e: Exception) -> str:
-    errs = getattr(e, "errors", None)
-    if callable(errs):
-        try:
-            return "; ".join(f"{'.'.join(str(p) for p in x['loc']) or 'message'}: {x['msg']}" for x in errs())
-        except Exception:
-            pass
-    return str(e).splitlines()[0]

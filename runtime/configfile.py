@@ -92,6 +92,18 @@ def format_validation_error(err: ValidationError, model: type[BaseModel] | None 
     return lines
 
 
+def short_error(e: Exception) -> str:
+    """One line for a ValueError or a pydantic ValidationError (field: problem; ...), for logs and status."""
+    errs = getattr(e, "errors", None)
+    if callable(errs):
+        try:
+            return "; ".join(f"{'.'.join(str(p) for p in x['loc']) or 'message'}: {x['msg']}" for x in errs())
+        except Exception:
+            pass
+    text = str(e)
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _closest_field(model: type[BaseModel] | None, loc: tuple) -> str | None:
     """Walk the model along `loc` and suggest the closest valid field name for an unknown key."""
     if model is None:

@@ -33,7 +33,8 @@ from typing import Callable, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from infantino.runtime.atomic import atomic_write_bytes, atomic_write_text
-from infantino.runtime.configfile import ConfigError, ExistingFile, ExistingPath, WritableDir, load_yaml_config
+from infantino.runtime.configfile import (ConfigError, ExistingFile, ExistingPath, WritableDir, load_yaml_config,
+                                          short_error)
 from infantino.runtime.errors import HeadError, InfantinoError, UpdateRejected
 from infantino.runtime.head import Head
 from infantino.runtime.head_update import apply_update, encode_delta, encode_full
@@ -645,7 +646,7 @@ class UpdateService:
                                  f"{w.name} runs {w.extractor_id[:12]}…")
         except ValueError as e:
             self.counters["invalid"] += 1
-            log.warning("sample on %s refused: %s", msg.topic, _short_error(e))
+            log.warning("sample on %s refused: %s", msg.topic, short_error(e))
             self.link.ack(msg)  # nothing to learn: never redeliver
             return
         w.unacked.append(msg)
@@ -733,14 +734,3 @@ class UpdateService:
             except Exception:
                 log.exception("on_published callback failed")
 
-
-def _short_error(e: Exception) -> str:
-    """One line for a ValueError or a pydantic ValidationError (field: problem; ...)."""
-    errs = getattr(e, "errors", None)
-    if callable(errs):
-        try:
-            return "; ".join(f"{'.'.join(str(p) for p in x['loc']) or 'message'}: {x['msg']}" for x in errs())
-        except Exception:
-            pass
-    text = str(e)
-    return text.splitlines()[0] if text else type(e).__name__
