@@ -33,10 +33,14 @@ def run_subcommands(prog: str, description: str, modules: Sequence[str], package
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     runners: dict[str, Callable] = {}
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name in modules:
         mod = importlib.import_module(f"{package}.{name.replace('-', '_')}")
         p = sub.add_parser(name, help=mod.HELP, description=(mod.__doc__ or mod.HELP).strip())
-        mod.add_arguments(p)
+        # Only the chosen subcommand's options are built: some pull in heavy modules for their defaults.
+        if chosen is None or chosen == name or chosen not in modules:
+            mod.add_arguments(p)
         runners[name] = mod.run
     args = parser.parse_args(argv)
     setup_logging(-1 if args.quiet else args.verbose)
