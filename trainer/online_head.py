@@ -1,0 +1,489 @@
+"""The online head: scikit-learn MLPClassifier on 64-d embeddings, learning from single labelled samples.
+
+Each update is ONE partial_fit call on [new sample + replay_mix samples from a latent replay buffer]
+(partial_fit costs about the same for 1 or 33 rows, see MACHINE-FACTS), optionally followed by a pull of the
+weights toward an anchor head (weight-space regularisation). A fraction of the streamed samples is held out in a
+FIFO calibration buffer; after every update the split-conformal threshold is recomputed on it, so each head
+version carries the threshold of its own weights. The MLP trains in float32: its weights ARE the runtime Head's
+float32 weights, so to_head() is exact and the numpy forward pass equals predict_proba on float64 input.
+
+State files (head_state.pkl) are pickles: load only files you wrote or trust (pickle runs code on load).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from infantino.runtime.atomic import atomic_write_bytes
+from infantino.runtime.classes import CLASSES, EMBEDDING_DIM
+from infantino.runtime.errors import HeadError, InfantinoError
+from infantino.runtime.head import ACTIVATIONS, Head, HeadPrediction
+
+from .conformal import (CalibrationBuffer, check_coverage_level, conformal_quantile, nonconformity,
+                        weighted_conformal_quantile)
+from .labels import AMBIGUITY_RULES, expand_targets, label_index, make_target, target_from_any
+from .replay import REPLAY_POLICIES, ReplayBuffer
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "infantino-online-head"
+STATE_FORMAT_VERSION = 1
+STATE_FILE = "head_state.pkl"
+HEAD_FILE = "head.infh"
+ROUTES = ("auto", "train", "calibration")
+
+
+@dataclass
+class OnlineHeadConfig:
+    """Settings of the online head; docs/online-head.md gives each one's measured effect."""
+
+    hidden: tuple[int, ...] = (100,)
+    activation: str = "relu"
+    seed: int = 0
+    learning_rate: float = 1e-3        # Adam step size of fit()
+    online_learning_rate: float | None = None  # Adam step size of learn_one/learn_many (None = learning_rate)
+    alpha: float = 1e-4                # sklearn's L2 penalty
+    batch_size: int = 64               # mini-batch of fit()
+    # forgetting control 1: latent replay
+    replay_size: int = 500             # buffer capacity (embeddings), persisted with the head
+    replay_mix: int = 32               # replayed samples mixed into every update (0 = naive partial_fit)
+    replay_policy: str = "class_balanced"  # or "reservoir"
+    replay_weight: float = 1.0         # sample weight of each replayed entry (a new sample weighs `weight`=1)
+    # forgetting control 2: pull toward the anchor head after each update, w -= anchor_strength * (w - w_anchor)
+    anchor_strength: float = 0.01      # 0 = off; the anchor is the head after fit() (or set_anchor())
+    # uncertainty
+    coverage: float = 0.9              # split-conformal coverage level
+    calib_size: int = 500              # FIFO calibration buffer capacity
+    calib_holdout: float = 0.1         # share of streamed hard-labelled samples kept for calibration, not training
+    recalibrate_every: int = 1         # recompute the threshold every n updates (1 = every head version)
+    calib_decay: float = 0.98          # weight decay**age of calibration scores (1 = plain split conformal;
+                                       # < 1 = non-exchangeable conformal that tracks drift, Barber et al. 2023)
+    # label ambiguity: "soft" = annotators' vote fractions as sample weights; "majority" = majority, ties dropped
+    ambiguity: str = "soft"
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be one or more positive layer sizes, got {self.hidden}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        if self.replay_policy not in REPLAY_POLICIES:
+            raise ValueError(f"unknown replay_policy {self.replay_policy!r}; valid: {', '.join(REPLAY_POLICIES)}")
+        if self.ambiguity not in AMBIGUITY_RULES:
+            raise ValueError(f"unknown ambiguity rule {self.ambiguity!r}; valid: {', '.join(AMBIGUITY_RULES)}")
+        check_coverage_level(self.coverage)
+        if not 0.0 <= self.calib_holdout < 1.0:
+            raise ValueError(f"calib_holdout must be in [0, 1), got {self.calib_holdout}")
+        if not 0.0 < self.calib_decay <= 1.0:
+            raise ValueError(f"calib_decay must be in (0, 1], got {self.calib_decay}")
+        if not 0.0 <= self.anchor_strength <= 1.0:
+            raise ValueError(f"anchor_strength must be in [0, 1], got {self.anchor_strength}")
+        for name in ("replay_size", "replay_mix"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("calib_size", "batch_size", "recalibrate_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or (self.online_learning_rate is not None and self.online_learning_rate <= 0):
+            raise ValueError("learning rates must be > 0")
+        if self.replay_weight < 0 or self.alpha < 0:
+            raise ValueError("replay_weight and alpha must be >= 0")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OnlineHeadConfig":
+        """Build from a dict (e.g. YAML), naming unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown online head settings: {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+@dataclass
+class _Counters:
+    trained_samples: int = 0
+    calibration_samples: int = 0
+    dropped_samples: int = 0
+    updates: int = 0
+
+
+class OnlineHead:
+    """MLP head that learns from one labelled embedding at a time, with replay, conformal sets and versions."""
+
+    def __init__(self, config: OnlineHeadConfig | None = None, extractor_id: str = "",
+                 classes: Sequence[str] = CLASSES, dim: int = EMBEDDING_DIM):
+        self.config = config or OnlineHeadConfig()
+        self.extractor_id = str(extractor_id)
+        self.classes = tuple(classes)
+        if len(self.classes) < 3:
+            raise ValueError("the head needs at least 3 classes (softmax output)")
+        self.dim = int(dim)
+        self.version = 0
+        self.mlp = None
+        self.qhat: float | None = None
+        self.rng = np.random.default_rng(self.config.seed)
+        c = self.config
+        self.replay = ReplayBuffer(c.replay_size, self.dim, len(self.classes), c.replay_policy, seed=c.seed + 1)
+        self.calib = CalibrationBuffer(c.calib_size, self.dim)
+        self.anchor: list[np.ndarray] | None = None
+        self.counters = _Counters()
+        self._head_cache: Head | None = None
+
+    # ---- properties ------------------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        return self.mlp is not None and hasattr(self.mlp, "coefs_")
+
+    @property
+    def class_indices(self) -> np.ndarray:
+        return np.arange(len(self.classes))
+
+    # ---- training ---------------------------------------------------------------------------------
+    def fit(self, X, y, epochs: int = 20, progress: bool = False) -> "OnlineHead":
+        """Initial training on many embeddings: `epochs` shuffled passes of partial_fit mini-batches.
+
+        Every sample is also offered to the replay buffer (so later updates rehearse this domain), and the
+        resulting weights become the anchor of the optional weight-space regularisation.
+        """
+        X = self._check_embeddings(X)
+        yi = np.array([label_index(v, self.classes) for v in _as_list(y)], dtype=np.int64)
+        if len(yi) != len(X):
+            raise ValueError(f"X has {len(X)} rows but y has {len(yi)} labels")
+        if len(X) == 0:
+            raise ValueError("fit needs at least one sample")
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        mlp = self.mlp if self.is_fitted else self._new_mlp()
+        mlp.learning_rate_init = self.config.learning_rate
+        if getattr(mlp, "_optimizer", None) is not None:
+            mlp._optimizer.learning_rate_init = self.config.learning_rate
+        bs = self.config.batch_size
+        rng = self.rng
+        it = range(epochs)
+        bar = None
+        if progress:
+            from rich.progress import Progress
+
+            bar = Progress(transient=True)
+            bar.start()
+            task = bar.add_task("head fit", total=epochs)
+        try:
+            for _ in it:
+                order = rng.permutation(len(X))
+                for s in range(0, len(X), bs):
+                    b = order[s:s + bs]
+                    mlp.partial_fit(X[b], yi[b], classes=self.class_indices)
+                if bar:
+                    bar.advance(task)
+        finally:
+            if bar:
+                bar.stop()
+        self.mlp = mlp
+        T = np.eye(len(self.classes), dtype=np.float32)[yi]
+        self.replay.add_many(X, T)
+        self.counters.trained_samples += len(X)
+        self.set_anchor()
+        self._after_update(force_recalibrate=True)
+        log.info("head fitted on %d samples x %d epochs -> version %d", len(X), epochs, self.version)
+        return self
+
+    def calibrate(self, X_cal, y_cal) -> float:
+        """Split-conformal threshold on held-out data (never trained on); they also seed the calibration buffer."""
+        self._require_fitted()
+        X = self._check_embeddings(X_cal)
+        yi = np.array([label_index(v, self.classes) for v in _as_list(y_cal)], dtype=np.int64)
+        if len(yi) != len(X):
+            raise ValueError(f"X_cal has {len(X)} rows but y_cal has {len(yi)} labels")
+        if len(X) == 0:
+            raise ValueError("calibrate needs at least one sample")
+        self.calib.add_many(X, yi)
+        self.counters.calibration_samples += len(X)
+        self._after_update(force_recalibrate=True)
+        log.info("calibrated on %d samples: qhat=%.4f at coverage %.2f (version %d)",
+                 len(self.calib), self.qhat, self.config.coverage, self.version)
+        return float(self.qhat)
+
+    def learn_one(self, embedding, label=None, labels=None, soft_label=None, weight: float = 1.0,
+                  route: str = "auto") -> str:
+        """Learn from one labelled embedding; give exactly one of label, labels (annotators) or soft_label.
+
+        Returns what happened: "trained" (weights updated), "calibration" (held out for the conformal
+        threshold), or "dropped" (annotators tied under the majority rule; nothing changes). Bad input raises
+        ValueError before anything changes. Every trained/calibration update bumps `version`.
+        """
+        if route not in ROUTES:
+            raise ValueError(f"unknown route {route!r}; valid: {', '.join(ROUTES)}")
+        x = self._check_embeddings(embedding)
+        if len(x) != 1:
+            raise ValueError(f"learn_one takes one embedding, got {len(x)}; use learn_many")
+        weight = _check_weight(weight)
+        target = make_target(label, labels, soft_label, self.classes, self.config.ambiguity)
+        if target is None:
+            self.counters.dropped_samples += 1
+            log.debug("sample dropped: annotators tie under the majority rule")
+            return "dropped"
+        if self._goes_to_calibration(target, route):
+            self.calib.add(x[0], int(np.argmax(target)))
+            self.counters.calibration_samples += 1
+            self._after_update(force_recalibrate=True)
+            return "calibration"
+        self._train_rows(x, target[None, :], np.array([weight], dtype=np.float32))
+        return "trained"
+
+    def learn_many(self, X, y, weights=None, route: str = "auto") -> dict:
+        """Learn from a batch (one version bump). y entries: label, list of annotators' labels, or soft label.
+
+        New samples go in chunks of `batch_size`, each mixed with `replay_mix` replayed samples in one
+        partial_fit call. Returns counts {"trained", "calibration", "dropped"}.
+        """
+        if route not in ROUTES:
+            raise ValueError(f"unknown route {route!r}; valid: {', '.join(ROUTES)}")
+        X = self._check_embeddings(X)
+        ys = _as_list(y)
+        if len(ys) != len(X):
+            raise ValueError(f"X has {len(X)} rows but y has {len(ys)} labels")
+        w = np.ones(len(X), dtype=np.float32) if weights is None else np.array([_check_weight(v) for v in weights],
+                                                                                dtype=np.float32)
+        if len(w) != len(X):
+            raise ValueError(f"X has {len(X)} rows but weights has {len(w)}")
+        targets = [target_from_any(v, self.classes, self.config.ambiguity) for v in ys]  # validate all first
+        counts = {"trained": 0, "calibration": 0, "dropped": 0}
+        keep = []
+        for i, t in enumerate(targets):
+            if t is None:
+                counts["dropped"] += 1
+            elif self._goes_to_calibration(t, route):
+                self.calib.add(X[i], int(np.argmax(t)))
+                counts["calibration"] += 1
+            else:
+                keep.append(i)
+        self.counters.dropped_samples += counts["dropped"]
+        self.counters.calibration_samples += counts["calibration"]
+        if keep:
+            T = np.stack([targets[i] for i in keep])
+            self._train_rows(X[keep], T, w[keep], bump=False)
+            counts["trained"] = len(keep)
+        if keep or counts["calibration"]:
+            self._after_update(force_recalibrate=bool(counts["calibration"]))
+        return counts
+
+    def reconfigure(self, **changes) -> "OnlineHead":
+        """Change settings of a live head (replay mix/weight/policy, anchor, learning rate, conformal settings).
+
+        Sizes fixed at creation (hidden, activation, replay_size, calib_size, seed) cannot change; the new
+        config is validated before anything is applied.
+        """
+        fixed = {"hidden", "activation", "replay_size", "calib_size", "seed", "alpha", "batch_size"}
+        bad = fixed & set(changes)
+        if bad:
+            raise ValueError(f"cannot change {', '.join(sorted(bad))} of an existing head (create a new one)")
+        cfg = OnlineHeadConfig.from_dict({**asdict(self.config), **changes})  # validates, names unknown keys
+        self.config = cfg
+        self.replay.policy = cfg.replay_policy
+        if self.anchor is None and cfg.anchor_strength > 0 and self.is_fitted:
+            self.set_anchor()
+        if {"coverage", "calib_decay"} & set(changes):
+            self.recalibrate()
+            self._head_cache = None
+        return self
+
+    def set_anchor(self) -> None:
+        """Make the current weights the anchor that anchor_strength pulls toward (e.g. at a session start)."""
+        self._require_fitted()
+        self.anchor = [w.copy() for w in self.mlp.coefs_ + self.mlp.intercepts_]
+
+    def recalibrate(self) -> float | None:
+        """Recompute qhat for the current weights from the calibration buffer (None if it is empty)."""
+        if not self.is_fitted or len(self.calib) == 0:
+            self.qhat = None
+            return None
+        Xc, yc = self.calib.data()
+        scores = nonconformity(self._forward(Xc), yc)
+        if self.config.calib_decay < 1.0:
+            w = self.config.calib_decay ** self.calib.ages().astype(np.float64)
+            self.qhat = weighted_conformal_quantile(scores, w, self.config.coverage)
+        else:
+            self.qhat = conformal_quantile(scores, self.config.coverage)
+        return self.qhat
+
+    # ---- inference --------------------------------------------------------------------------------
+    def predict_proba(self, X) -> np.ndarray:
+        """(N, C) class probabilities, computed by the runtime's numpy forward pass (what devices compute)."""
+        self._require_fitted()
+        return self._forward(self._check_embeddings(X))
+
+    def predict(self, X) -> list[HeadPrediction]:
+        """Label, probabilities, entropy and conformal prediction set per embedding (runtime HeadPrediction)."""
+        self._require_fitted()
+        return self.to_head().predict(self._check_embeddings(X))
+
+    def to_head(self) -> Head:
+        """The runtime Head of the current version (float32 weights, version, extractor id, threshold)."""
+        self._require_fitted()
+        if self._head_cache is None or self._head_cache.version != self.version:
+            weights = []
+            for W, b in zip(self.mlp.coefs_, self.mlp.intercepts_):
+                weights += [W, b]
+            self._head_cache = Head(
+                weights=tuple(weights), version=self.version, extractor_id=self.extractor_id,
+                classes=self.classes, activation=self.config.activation, conformal_qhat=self.qhat,
+                coverage=self.config.coverage if self.qhat is not None else None,
+                meta={"trained_samples": self.counters.trained_samples,
+                      "calibration_samples": len(self.calib),
+                      "replay_policy": self.config.replay_policy if self.config.replay_mix else "none"},
+            )
+        return self._head_cache
+
+    # ---- persistence ------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Atomically write the whole state (MLP + optimizer, replay and calibration buffers, RNG, version)."""
+        path = Path(path)
+        state = {k: v for k, v in self.__dict__.items() if k != "_head_cache"}
+        state["config"] = asdict(self.config)
+        blob = pickle.dumps({"format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION, "state": state},
+                            protocol=pickle.HIGHEST_PROTOCOL)
+        atomic_write_bytes(path, blob)
+        return path
+
+    def save_dir(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+        """Write head_state.pkl and head.infh (the runtime head file) into out_dir."""
+        out_dir = Path(out_dir)
+        state = self.save(out_dir / STATE_FILE)
+        head = out_dir / HEAD_FILE
+        atomic_write_bytes(head, self.to_head().to_bytes())
+        return state, head
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "OnlineHead":
+        """Load a state written by save() (a file, or a directory holding head_state.pkl). Trusted files only."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"online head state not found: {path}")
+        try:
+            blob = pickle.loads(path.read_bytes())
+        except Exception as e:
+            raise InfantinoError(f"cannot read online head state {path}: {e}") from None
+        if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT:
+            raise InfantinoError(f"{path} is not an infantino online head state")
+        if blob.get("format_version") != STATE_FORMAT_VERSION:
+            raise InfantinoError(f"{path}: unsupported state format_version {blob.get('format_version')!r}")
+        state = dict(blob["state"])
+        obj = cls.__new__(cls)
+        cfg = state.pop("config")
+        obj.__dict__.update(state)
+        obj.config = OnlineHeadConfig(**cfg)
+        obj._head_cache = None
+        return obj
+
+    # ---- internals --------------------------------------------------------------------------------
+    def _new_mlp(self):
+        from sklearn.neural_network import MLPClassifier
+
+        c = self.config
+        return MLPClassifier(hidden_layer_sizes=c.hidden, activation=c.activation, solver="adam", alpha=c.alpha,
+                             learning_rate_init=c.learning_rate, batch_size="auto", random_state=c.seed,
+                             shuffle=False)
+
+    def _train_rows(self, X: np.ndarray, T: np.ndarray, w: np.ndarray, bump: bool = True) -> None:
+        """partial_fit on new rows mixed with replayed rows (one call per chunk), then anchor pull, then buffer."""
+        mlp = self.mlp if self.is_fitted else self._new_mlp()
+        c = self.config
+        lr = c.online_learning_rate or c.learning_rate
+        if getattr(mlp, "_optimizer", None) is not None:
+            mlp._optimizer.learning_rate_init = lr  # Adam keeps its moments; only the step size changes
+        mlp.learning_rate_init = lr
+        chunk = max(1, c.batch_size) if len(X) > 1 else 1
+        for s in range(0, len(X), chunk):
+            Xn, Tn, wn = X[s:s + chunk], T[s:s + chunk], w[s:s + chunk]
+            rx, ry, rw = expand_targets(Xn, Tn, wn)
+            if c.replay_mix > 0 and len(self.replay):
+                r = self.replay.sample(c.replay_mix)
+                px, py, pw = expand_targets(r.X, r.T, r.w * np.float32(c.replay_weight))
+                rx, ry, rw = np.concatenate([rx, px]), np.concatenate([ry, py]), np.concatenate([rw, pw])
+            mlp.partial_fit(rx, ry, sample_weight=rw, classes=self.class_indices)
+            self.mlp = mlp
+            self._pull_to_anchor()
+            for i in range(len(Xn)):
+                self.replay.add(Xn[i], Tn[i], float(wn[i]))
+        self.counters.trained_samples += len(X)
+        if bump:
+            self._after_update()
+
+    def _pull_to_anchor(self) -> None:
+        a = self.config.anchor_strength
+        if a <= 0 or self.anchor is None:
+            return
+        for p, q in zip(self.mlp.coefs_ + self.mlp.intercepts_, self.anchor):
+            p -= np.float32(a) * (p - q)
+
+    def _after_update(self, force_recalibrate: bool = False) -> None:
+        self.version += 1
+        self.counters.updates += 1
+        if force_recalibrate or self.counters.updates % self.config.recalibrate_every == 0:
+            self.recalibrate()
+        self._head_cache = None
+
+    def _goes_to_calibration(self, target: np.ndarray, route: str) -> bool:
+        if route == "calibration":
+            if not np.isclose(target.max(), 1.0):
+                raise ValueError("only a definite label (not a soft or split vote) can go to the calibration set")
+            return True
+        if route == "train" or not self.is_fitted or self.config.calib_holdout <= 0:
+            return False
+        if not np.isclose(target.max(), 1.0):
+            return False
+        return bool(self.rng.random() < self.config.calib_holdout)
+
+    def _forward(self, X: np.ndarray) -> np.ndarray:
+        return self.to_head().forward(X)
+
+    def _check_embeddings(self, X) -> np.ndarray:
+        try:
+            a = np.asarray(X, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"embeddings must be numeric arrays, got {type(X).__name__}") from None
+        if a.ndim == 1:
+            a = a[None, :]
+        if a.ndim != 2 or a.shape[1] != self.dim:
+            raise ValueError(f"embeddings must have {self.dim} values each (shape (N, {self.dim}) or ({self.dim},)), "
+                             f"got shape {np.shape(X)}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError("embeddings contain NaN or Inf")
+        a32 = a.astype(np.float32)
+        if not np.all(np.isfinite(a32)):
+            raise ValueError("embeddings overflow float32")
+        return a32
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise HeadError("the online head has not been trained yet (call fit or learn_one first)")
+
+    def __repr__(self) -> str:
+        return (f"OnlineHead(version={self.version}, extractor_id={self.extractor_id[:12]!r}, "
+                f"trained={self.counters.trained_samples}, replay={len(self.replay)}, calib={len(self.calib)}, "
+                f"qhat={self.qhat})")
+
+
+def _as_list(y) -> list:
+    if isinstance(y, np.ndarray):
+        return list(y) if y.ndim == 1 else [row for row in y]
+    return list(y)
+
+
+def _check_weight(w) -> float:
+    try:
+        w = float(w)
+    except (TypeError, ValueError):
+        raise ValueError(f"sample weight must be a number, got {w!r}") from None
+    if not np.isfinite(w) or w <= 0:
+        raise ValueError(f"sample weight must be finite and > 0, got {w}")
+    return w

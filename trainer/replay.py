@@ -1,0 +1,98 @@
+"""Latent replay buffer: a bounded store of past embeddings and targets, mixed into every online update.
+
+Two admission policies:
+- "reservoir": Vitter's algorithm R, a uniform sample of everything seen (keeps the stream's class mix);
+- "class_balanced": class-balanced reservoir sampling (CBRS, Chrysakis & Moens, ICML 2020): when full, a new
+  sample evicts a random member of the currently largest class, or, if its own class is the largest, replaces
+  a random member of its class with probability (stored of class) / (seen of class). Rare classes keep their
+  share when the stream is dominated by a few classes, which is what causes forgetting here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+REPLAY_POLICIES = ("class_balanced", "reservoir")
+
+
+@dataclass
+class ReplaySample:
+    """A draw from the buffer: embeddings (k, D), targets (k, C), weights (k,)."""
+
+    X: np.ndarray
+    T: np.ndarray
+    w: np.ndarray
+
+
+class ReplayBuffer:
+    """Bounded buffer of (embedding, target vector, weight); class of an entry = argmax of its target."""
+
+    def __init__(self, capacity: int, dim: int, n_classes: int, policy: str = "class_balanced", seed: int = 0):
+        if policy not in REPLAY_POLICIES:
+            raise ValueError(f"unknown replay policy {policy!r}; valid: {', '.join(REPLAY_POLICIES)}")
+        if capacity < 0:
+            raise ValueError(f"replay capacity must be >= 0, got {capacity}")
+        self.capacity = int(capacity)
+        self.policy = policy
+        self.X = np.zeros((self.capacity, dim), dtype=np.float32)
+        self.T = np.zeros((self.capacity, n_classes), dtype=np.float32)
+        self.w = np.zeros(self.capacity, dtype=np.float32)
+        self.cls = np.zeros(self.capacity, dtype=np.int64)
+        self.size = 0
+        self.n_seen = 0
+        self.seen_per_class = np.zeros(n_classes, dtype=np.int64)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def class_counts(self) -> np.ndarray:
+        """How many stored entries each class has."""
+        return np.bincount(self.cls[: self.size], minlength=self.T.shape[1])
+
+    def add(self, x: np.ndarray, t: np.ndarray, w: float = 1.0) -> None:
+        """Offer one sample to the buffer (it may be stored, replace an entry, or be skipped)."""
+        if self.capacity == 0:
+            return
+        c = int(np.argmax(t))
+        self.n_seen += 1
+        self.seen_per_class[c] += 1
+        if self.size < self.capacity:
+            self._put(self.size, x, t, w, c)
+            self.size += 1
+            return
+        if self.policy == "reservoir":
+            j = int(self.rng.integers(self.n_seen))
+            if j < self.capacity:
+                self._put(j, x, t, w, c)
+            return
+        counts = self.class_counts()
+        largest = np.flatnonzero(counts == counts.max())
+        if c not in largest:
+            victim_class = int(self.rng.choice(largest))
+            j = int(self.rng.choice(np.flatnonzero(self.cls[: self.size] == victim_class)))
+            self._put(j, x, t, w, c)
+        elif self.rng.random() < counts[c] / self.seen_per_class[c]:
+            j = int(self.rng.choice(np.flatnonzero(self.cls[: self.size] == c)))
+            self._put(j, x, t, w, c)
+
+    def add_many(self, X: np.ndarray, T: np.ndarray, w: np.ndarray | None = None) -> None:
+        w = np.ones(len(X), dtype=np.float32) if w is None else w
+        for i in range(len(X)):
+            self.add(X[i], T[i], float(w[i]))
+
+    def sample(self, k: int) -> ReplaySample:
+        """k distinct entries drawn uniformly (fewer if the buffer holds fewer)."""
+        k = min(int(k), self.size)
+        if k <= 0:
+            return ReplaySample(self.X[:0], self.T[:0], self.w[:0])
+        idx = self.rng.choice(self.size, size=k, replace=False) if k < self.size else np.arange(self.size)
+        return ReplaySample(self.X[idx], self.T[idx], self.w[idx])
+
+    def _put(self, j: int, x, t, w, c) -> None:
+        self.X[j] = x
+        self.T[j] = t
+        self.w[j] = w
+        self.cls[j] = c
