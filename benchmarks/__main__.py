@@ -1,0 +1,7 @@
+"""`python -m infantino.benchmarks` = `infantino-bench`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,34 @@
+"""`infantino-bench`: measure the extractor per backend (models), the frame path (pipeline), online learning (online).
+
+Every comparison is taken in one interleaved run so that load from other processes hits all rows alike;
+results carry the machine description (--json/--csv) so hosts can be compared. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Before torch/onnxruntime load: idle OpenMP threads sleep instead of spinning, so backends sharing this
+# process (and other processes sharing the machine) do not steal each other's cores (MACHINE-FACTS).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from infantino.runtime.cliutil import run_subcommands  # noqa: E402
+
+SUBCOMMANDS = ["models", "pipeline", "online"]
+
+
+def main(argv=None) -> int:
+    available = [s for s in SUBCOMMANDS if _exists(s)]
+    return run_subcommands("infantino-bench", __doc__.strip(), available, "infantino.benchmarks.commands", argv)
+
+
+def _exists(name: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(f"infantino.benchmarks.commands.{name}") is not None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
