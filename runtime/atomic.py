@@ -16,12 +16,16 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so readers see either the old file or the whole new one, never a part."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
+    """Write `data` to `path` so readers see either the old file or the whole new one, never a part.
+
+    `mode` sets the permissions before any byte is written (e.g. 0o600 for a private key).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode if mode is not None else 0o666 & ~_umask())  # mkstemp makes 0600; give the mode an ordinary open() would
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -34,6 +38,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             pass
         raise
     fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -30,8 +30,7 @@ def generate_keypair(private_path: str | os.PathLike, public_path: str | os.Path
     pub = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    atomic_write_bytes(private_path, priv)
-    os.chmod(private_path, 0o600)
+    atomic_write_bytes(private_path, priv, mode=0o600)
     atomic_write_bytes(public_path, pub)
 
 
