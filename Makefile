@@ -15,6 +15,7 @@ help:
 	@echo "make demo   - set up .venv (+ Mosquitto) and run the whole loop on embedded defaults"
 	@echo "make test   - set up, then run the test suite (slow and GPU tests excluded)"
 	@echo "make test-all - every test including slow ones"
+	@echo "make bench  - benchmark the demo's bundle and the online loop (after make demo)"
 
 setup: $(STAMP) mosquitto
 
@@ -42,6 +43,13 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -m "not gpu"
+
+# Benchmarks on the bundle `make demo` built (see docs/benchmarks.md for every option).
+bench: setup
+	@test -d demo-out/bundle || { echo "make bench measures demo-out/bundle: run 'make demo' first"; exit 2; }
+	$(VENV)/bin/infantino-bench models --bundle demo-out/bundle --public-key demo-out/keys/signing.pub \
+	  --batch 1,8 --json demo-out/bench-models.json --csv demo-out/bench-models.csv
+	$(VENV)/bin/infantino-bench online --broker local --json demo-out/bench-online.json
 
 clean:
 	rm -rf demo-out .pytest_cache build *.egg-info
