@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 
@@ -46,3 +48,13 @@ def mqtt_broker_config(broker, **kw):
     base = dict(host=broker.host, port=broker.port, reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive_s=5)
     base.update(kw)
     return BrokerConfig(**base)
+
+
+def wait_for(cond, timeout=15.0, step=0.02):
+    """Poll `cond` until it holds or `timeout` passes; returns its last value (tests assert on it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return bool(cond())

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from fixtures_mqtt import mqtt_broker_config
+from fixtures_mqtt import wait_for as _wait_for
 from infantino.runtime import head_update as hu
 from infantino.runtime.configfile import ConfigError
 from infantino.runtime.messages import SampleMessage, StatusMessage
@@ -27,12 +28,7 @@ CLI = [sys.executable, "-m", "infantino.device.cli"]
 
 
 def wait_for(cond, timeout=20.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return bool(cond())
+    return _wait_for(cond, timeout, step)
 
 
 def write_config(tmp_path, bundle, pub, broker, faces_dir, **over) -> Path:

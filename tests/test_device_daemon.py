@@ -14,6 +14,7 @@ import numpy as np
 
 from fixtures_device import DEVICE_EXT, ProjectionPipeline, forge_update, make_head_chain, synthetic_frames, update_header
 from fixtures_mqtt import mqtt_broker_config
+from fixtures_mqtt import wait_for as _wait_for
 from infantino.device.config import DeviceConfig
 from infantino.device.daemon import BundleFacts, DeviceDaemon, FrameSlot
 from infantino.device.remote import CommandFailed, send_command
@@ -28,12 +29,7 @@ T = Topics()
 
 
 def wait_for(cond, timeout=10.0, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return bool(cond())
+    return _wait_for(cond, timeout, step)
 
 
 class Observer:

@@ -17,6 +17,7 @@ import yaml
 
 from fixtures_device import ProjectionPipeline
 from fixtures_mqtt import mqtt_broker_config
+from fixtures_mqtt import wait_for as _wait_for
 from fixtures_service import SERVICE_EXT, service_sample
 from infantino.device.config import DeviceConfig
 from infantino.device.daemon import BundleFacts, DeviceDaemon
@@ -32,12 +33,7 @@ T = Topics()
 
 
 def wait_for(cond, timeout=15.0, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return bool(cond())
+    return _wait_for(cond, timeout, step)
 
 
 def service_dict(tmp_path, broker, head_dir, keypair, **over) -> dict:

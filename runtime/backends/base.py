@@ -44,8 +44,17 @@ class Backend(ABC):
 
     # ---- class-level: availability and artifact choice ------------------------------------------
     @classmethod
+    def import_library(cls):
+        """Import the backend's library; BackendUnavailable saying what to install when it is missing."""
+        return None
+
+    @classmethod
     def unavailable_reason(cls) -> Optional[str]:
         """None if the backend's library can run on this host, else what is missing and what to install."""
+        try:
+            cls.import_library()
+        except BackendUnavailable as e:
+            return str(e)
         return None
 
     @classmethod

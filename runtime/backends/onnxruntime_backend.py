@@ -50,12 +50,8 @@ class OnnxRuntimeBackend(Backend):
     thread_safe = True
 
     @classmethod
-    def unavailable_reason(cls) -> Optional[str]:
-        try:
-            _ort()
-        except BackendUnavailable as e:
-            return str(e)
-        return None
+    def import_library(cls):
+        return _ort()
 
     def _providers(self, ort) -> list:
         cfg: OnnxRuntimeConfig = self.config

@@ -45,12 +45,8 @@ class TFLiteBackend(Backend):
     thread_safe = False
 
     @classmethod
-    def unavailable_reason(cls) -> Optional[str]:
-        try:
-            _litert()
-        except BackendUnavailable as e:
-            return str(e)
-        return None
+    def import_library(cls):
+        return _litert()
 
     def _load(self) -> None:
         lit = _litert()
