@@ -54,7 +54,6 @@ def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
 def init_distributed(device: str = "auto") -> DistContext:
     """Join torchrun's process group if launched by it (env://), else a single-process context."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
     if world <= 1:
