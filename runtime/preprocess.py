@@ -107,5 +107,9 @@ def preprocess(images: Sequence[np.ndarray], spec: PreprocessSpec, layout: str =
         raise ValueError("no images to preprocess")
     batch = np.stack([preprocess_one(im, spec) for im in images])
     if layout == "NCHW":
-        batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        # A fresh array, not ascontiguousarray: with one channel numpy keeps the transpose's strides, which
+        # torch.from_numpy reads as channels_last, and torch 2.14's CPU backward through such a batch crashes.
+        out = np.empty((batch.shape[0], batch.shape[3], batch.shape[1], batch.shape[2]), dtype=batch.dtype)
+        out[...] = batch.transpose(0, 3, 1, 2)
+        batch = out
     return batch

@@ -17,6 +17,10 @@ class Topics:
     def fleet_delta(self, fleet: str) -> str:
         return f"{self.prefix}/fleet/{fleet}/head/delta"
 
+    def fleet_service_status(self, fleet: str) -> str:
+        """Retained: the update service's view of a fleet (published version, held-back versions, real-face guard)."""
+        return f"{self.prefix}/fleet/{fleet}/service/status"
+
     def status(self, device: str) -> str:
         return f"{self.prefix}/device/{device}/status"
 

@@ -78,7 +78,7 @@ def compiled_bundle(tmp_path_factory, compiler_model_dir, keypair) -> CompiledBu
     result = compile_bundle(CompileOptions(
         model=str(compiler_model_dir), target="x64", out=str(out), key=str(priv),
         formats=["onnx", "tflite"], precisions=["fp32", "fp16", "int8"], calib_images=24, parity_images=24,
-        reference_images=8, tar=True, threads=2, mlflow=False))
+        reference_images=8, tar=True, threads=2, mlflow=False, allow_real_face_regression=True))
     return CompiledBundle(path=result.bundle_dir, tar=result.tar_path, model_dir=compiler_model_dir,
                           private_key=priv, public_key=pub, result=result)
 

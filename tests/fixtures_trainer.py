@@ -40,5 +40,5 @@ def trainer_run(tmp_path_factory, trainer_dataset):
 
     cfg = FitConfig(data=str(trainer_dataset), out=str(tmp_path_factory.mktemp("trainer") / "run"),
                     backbone="test_efficientnet", img_size=TRAINER_IMG, epochs=10, max_steps=200,
-                    patience=0, seed=0, tracking=False, progress=False)
+                    patience=0, seed=0, tracking=False, progress=False, real_face_guard=False)
     return fit(cfg)

@@ -307,7 +307,7 @@ def test_models_fer_peer_row_on_mini_xception_bundle(tmp_path, keypair, realface
     for name, img in zip(realfaces_set.names, realfaces_set.images):
         cv2.imwrite(str(faces / f"{name}.png"), img)
     priv, pub, _, _ = keypair
-    res = compile_bundle(CompileOptions(model=str(model_dir), target="x64", out=str(tmp_path / "bundle"),
+    res = compile_bundle(CompileOptions(real_face_guard=False, model=str(model_dir), target="x64", out=str(tmp_path / "bundle"),
                                         key=str(priv), formats=["onnx", "tflite"], precisions=["fp32"],
                                         calib_data=str(faces), calib_images=20, parity_images=40,
                                         reference_images=40, threads=2, mlflow=False))

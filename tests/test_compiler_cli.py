@@ -40,7 +40,7 @@ def _leftovers(parent: Path) -> list[str]:
 ])
 def test_bad_arguments_fail_before_any_work(capsys, tmp_path, keypair, compiler_model_dir, args, message):
     out = tmp_path / "bundle"
-    rc, _, err = _run(capsys, "--model", compiler_model_dir, "--key", keypair[0], "--out", out, *args)
+    rc, _, err = _run(capsys, "--model", compiler_model_dir, "--key", keypair[0], "--no-real-face-guard", "--out", out, *args)
     assert rc == 2, err
     assert err.startswith("infantino-compile: error: ")
     if message:
@@ -52,12 +52,12 @@ def test_missing_key_model_and_existing_out(capsys, tmp_path, keypair, compiler_
     monkeypatch.delenv("INFANTINO_SIGNING_KEY", raising=False)
     rc, _, err = _run(capsys, "--model", compiler_model_dir, "--out", tmp_path / "b")
     assert rc == 2 and "no signing key" in err and "keygen" in err
-    rc, _, err = _run(capsys, "--model", tmp_path / "nope", "--key", keypair[0], "--out", tmp_path / "b",
+    rc, _, err = _run(capsys, "--model", tmp_path / "nope", "--key", keypair[0], "--no-real-face-guard", "--out", tmp_path / "b",
                       "--formats", "onnx")
     assert rc == 2 and "no such file or folder" in err
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "manifest.json").write_text("{}")
-    rc, _, err = _run(capsys, "--model", compiler_model_dir, "--key", keypair[0], "--out", tmp_path / "b")
+    rc, _, err = _run(capsys, "--model", compiler_model_dir, "--key", keypair[0], "--no-real-face-guard", "--out", tmp_path / "b")
     assert rc == 2 and "already exists; pass --force" in err
 
 
@@ -87,7 +87,7 @@ def test_keygen_writes_a_private_key_only_the_owner_reads(capsys, tmp_path):
 # ---- arm64 through the CLI, logged to MLflow -----------------------------------------------------------------
 def test_arm64_cli_compile_logs_to_mlflow(capsys, tmp_path, keypair, compiler_model_dir, mlflow_uri):
     out = tmp_path / "arm64"
-    rc, stdout, err = _run(capsys, "--model", compiler_model_dir, "--target", "arm64", "--key", keypair[0],
+    rc, stdout, err = _run(capsys, "--model", compiler_model_dir, "--target", "arm64", "--key", keypair[0], "--no-real-face-guard",
                            "--out", out, "--precision", "int8", "--calib-images", "16", "--parity-images", "16",
                            "--tar", "--mlflow", "--mlflow-uri", mlflow_uri, "--experiment", "compiler-tests",
                            "--threads", "1")
@@ -118,7 +118,7 @@ def test_arm64_cli_compile_logs_to_mlflow(capsys, tmp_path, keypair, compiler_mo
 # ---- the parity gate and atomic writes ---------------------------------------------------------------------
 def test_parity_failure_exits_nonzero_and_writes_nothing(capsys, tmp_path, keypair, compiler_model_dir):
     out = tmp_path / "b"
-    base = ["--model", compiler_model_dir, "--key", keypair[0], "--out", out, "--formats", "onnx",
+    base = ["--model", compiler_model_dir, "--key", keypair[0], "--no-real-face-guard", "--out", out, "--formats", "onnx",
             "--onnx-exporter", "torchscript", "--parity-images", "8", "--parity-threshold", "fp32.min_cosine=1.5"]
     rc, stdout, err = _run(capsys, *base)
     assert rc == 1
@@ -138,7 +138,7 @@ def test_failed_compile_keeps_the_previous_bundle(tmp_path, keypair, compiler_mo
     from infantino.compiler.pipeline import CompileOptions, compile_bundle
 
     out = tmp_path / "b"
-    opts = CompileOptions(model=str(compiler_model_dir), out=str(out), key=str(keypair[0]), formats=["onnx"],
+    opts = CompileOptions(real_face_guard=False, model=str(compiler_model_dir), out=str(out), key=str(keypair[0]), formats=["onnx"],
                           parity_images=4, format_options={"onnx": {"exporter": "torchscript"}}, mlflow=False)
     compile_bundle(opts)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -190,7 +190,7 @@ def test_jetson_bundle_carries_prepared_onnx_and_build_settings(capsys, tmp_path
     from infantino.runtime.backends import tensorrt_build as tb
 
     out = tmp_path / "jetson"
-    rc, stdout, err = _run(capsys, "--model", compiler_model_dir, "--target", "jetson", "--key", keypair[0],
+    rc, stdout, err = _run(capsys, "--model", compiler_model_dir, "--target", "jetson", "--key", keypair[0], "--no-real-face-guard",
                            "--out", out, "--precision", "fp16,int8", "--calib-data", compiler_face_folder,
                            "--calib-images", "16", "--parity-images", "8", "--trt-batch", "1,2,4",
                            "--trt-workspace", "512", "--onnx-exporter", "torchscript")
@@ -257,7 +257,7 @@ def test_tensorrt_plan_builds_on_a_gpu_host(tmp_path, keypair, compiler_model_di
     reason = tb.build_unavailable_reason()
     if reason is not None:
         pytest.skip(f"the engine build needs TensorRT and an NVIDIA GPU: {reason}")
-    r = compile_bundle(CompileOptions(model=str(compiler_model_dir), target="jetson", out=str(tmp_path / "b"),
+    r = compile_bundle(CompileOptions(real_face_guard=False, model=str(compiler_model_dir), target="jetson", out=str(tmp_path / "b"),
                                       key=str(keypair[0]), parity_images=8, mlflow=False))
     plans = [a for a in r.manifest.artifacts if a.format == "tensorrt_plan"]
     assert plans and plans[0].tensorrt["gpu_name"] and plans[0].tensorrt["tensorrt_version"]
@@ -274,7 +274,7 @@ def test_onnx2tf_converter_when_tensorflow_is_installed(tmp_path, keypair, compi
                     "TensorFlow is deliberately not part of the default install")
     from infantino.compiler.pipeline import CompileOptions, compile_bundle
 
-    r = compile_bundle(CompileOptions(model=str(compiler_model_dir), target="arm64", out=str(tmp_path / "b"),
+    r = compile_bundle(CompileOptions(real_face_guard=False, model=str(compiler_model_dir), target="arm64", out=str(tmp_path / "b"),
                                       key=str(keypair[0]), precisions=["fp32", "int8"], calib_images=16,
                                       parity_images=16, mlflow=False, format_options={"tflite": {"converter": "onnx2tf"}}))
     assert all(e.passed for e in r.manifest.parity)
@@ -291,7 +291,7 @@ def test_pretrained_mini_xception_gray_64_compiles_and_passes_parity(tmp_path, k
         model_dir = _mini_xception_dir(tmp_path / "mx")
     except (InfantinoError, OSError) as e:
         pytest.skip(f"fer2013 mini_xception weights unavailable here: {e}")
-    r = compile_bundle(CompileOptions(model=str(model_dir), target="arm64", out=str(tmp_path / "b"),
+    r = compile_bundle(CompileOptions(real_face_guard=False, model=str(model_dir), target="arm64", out=str(tmp_path / "b"),
                                       key=str(keypair[0]), precisions=[precision], calib_images=24,
                                       parity_images=24, mlflow=False))
     m = r.manifest
@@ -376,7 +376,7 @@ def test_compile_from_the_model_registry(tmp_path, keypair, compiler_model_dir, 
     client.set_registered_model_alias(tracking.EXTRACTOR_MODEL, alias, reg["extractor_version"])
     client.set_registered_model_alias(tracking.HEAD_MODEL, alias, reg["head_version"])
 
-    r = compile_bundle(CompileOptions(model=f"models:/infantino-extractor@{alias}", target="x64",
+    r = compile_bundle(CompileOptions(real_face_guard=False, model=f"models:/infantino-extractor@{alias}", target="x64",
                                       out=str(tmp_path / "b"), key=str(keypair[0]), formats=["onnx"],
                                       parity_images=8, mlflow_uri=mlflow_uri, experiment="compiler-tests-registry",
                                       format_options={"onnx": {"exporter": "torchscript"}}))
@@ -393,7 +393,7 @@ def test_img_size_override_changes_the_input_everywhere(capsys, tmp_path, keypai
     import onnx
 
     out = tmp_path / "b72"
-    rc, _, err = _run(capsys, "--model", compiler_model_dir, "--key", keypair[0], "--out", out, "--formats", "onnx",
+    rc, _, err = _run(capsys, "--model", compiler_model_dir, "--key", keypair[0], "--no-real-face-guard", "--out", out, "--formats", "onnx",
                       "--onnx-exporter", "torchscript", "--img-size", "72", "--parity-images", "4", "-q")
     assert rc == 0, err
     b = load_bundle(out, public_key=keypair[1])

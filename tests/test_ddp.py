@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent("""
 
     data, out, report = sys.argv[1:4]
     cfg = FitConfig(data=data, out=out, backbone="test_efficientnet", img_size=32, epochs=1, max_steps=2,
-                    batch_size=8, tracking=False, progress=False, seed=7)
+                    batch_size=8, tracking=False, progress=False, seed=7, real_face_guard=False)
     torch.manual_seed(cfg.seed)
     init = extractor_id(build_extractor(ExtractorConfig(backbone=cfg.backbone, img_size=cfg.img_size)))
     res = fit(cfg)

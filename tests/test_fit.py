@@ -73,7 +73,7 @@ def test_embeddings_run_in_eval_mode_without_gradients(trainer_run, trainer_held
 
 def test_resume_continues_model_optimizer_and_epoch(tmp_path, trainer_dataset):
     base = dict(data=str(trainer_dataset), out=str(tmp_path / "run"), backbone="test_efficientnet", img_size=32,
-                batch_size=16, patience=0, tracking=False, progress=False, head_epochs=2)
+                batch_size=16, patience=0, tracking=False, progress=False, head_epochs=2, real_face_guard=False)
     first = fit(FitConfig(epochs=1, max_steps=3, **base))
     assert first.epochs_run == 1 and first.global_step == 3
     ckpt = read_checkpoint(tmp_path / "run" / "last.pt")

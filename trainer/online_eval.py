@@ -35,6 +35,11 @@ DEFAULT_METHODS = {
     "replay": {"anchor_strength": 0.0},
     "replay+anchor": {},
 }
+SKEWED_METHODS = {
+    "naive": {"replay_mix": 0, "anchor_strength": 0.0},
+    "replay": {"anchor_strength": 0.0},
+    "default": {},
+}
 _FIXED = ("hidden", "activation", "replay_size", "calib_size", "seed", "alpha", "batch_size")
 
 
@@ -53,12 +58,15 @@ class DomainData:
 
 def gaussian_embeddings(n: int, domain: str = "adult", seed: int = 0, dim: int = EMBEDDING_DIM,
                         separation: float = 2.6, shift: float = 2.5, class_shift: float = 1.0,
-                        noise: float = 1.0, geometry_seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
+                        noise: float = 1.0, geometry_seed: int = 1234,
+                        confusion: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """n labelled embeddings from a 7-class Gaussian mixture; "infant" moves every class mean.
 
     The class means (radius `separation`) and the infant shift (a common offset of size `shift` plus a per-class
     offset of size `class_shift`) come from `geometry_seed`, so both domains share one geometry; `seed` draws the samples.
-    Infant samples are also noisier (x1.15), as infant faces are harder to read.
+    Infant samples are also noisier (x1.15), as infant faces are harder to read. `confusion` in [0, 1] moves each
+    infant class mean that share of the way toward another class's adult mean (infant class k looks partly like
+    adult class k+1), so the two domains' decisions conflict where they overlap.
     """
     if domain not in ("adult", "infant"):
         raise ValueError(f"unknown domain {domain!r}; valid: adult, infant")
@@ -69,12 +77,13 @@ def gaussian_embeddings(n: int, domain: str = "adult", seed: int = 0, dim: int =
     per_class = g.normal(size=(len(CLASSES), dim))
     common *= shift / np.linalg.norm(common)
     per_class *= class_shift / np.linalg.norm(per_class, axis=1, keepdims=True)
+    infant_means = (1.0 - confusion) * means + confusion * np.roll(means, -1, axis=0) + common + per_class
     rng = np.random.default_rng(seed)
     y = rng.integers(0, len(CLASSES), n)
     if domain == "adult":
         X = means[y] + noise * rng.normal(size=(n, dim))
     else:
-        X = means[y] + common + per_class[y] + 1.15 * noise * rng.normal(size=(n, dim))
+        X = infant_means[y] + 1.15 * noise * rng.normal(size=(n, dim))
     return X.astype(np.float32), y.astype(np.int64)
 
 
@@ -202,6 +211,13 @@ def stream_indices(y: np.ndarray, stream_classes: Sequence[str] | None, n: int, 
     return idx[:n]
 
 
+def phased_stream_indices(y: np.ndarray, phases: Sequence[tuple[Sequence[str] | None, int]],
+                          seed: int) -> np.ndarray:
+    """Order of a stream in phases, e.g. [(("happy", "sad", "neutral"), 400), (None, 400)]: 3 classes, then all."""
+    parts = [stream_indices(y, classes, n, seed=seed + 1000 * k) for k, (classes, n) in enumerate(phases)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
 def learn_one_latency(data: dict[str, DomainData] | None = None, config: OnlineHeadConfig | None = None,
                       n: int = 300, warmup: int = 20) -> dict:
     """Wall time of learn_one (replay mix + partial_fit + anchor + recalibration), in ms."""
@@ -242,38 +258,54 @@ def _partial_fit_alone(head: OnlineHead, n: int) -> float:
 def forgetting(data: dict[str, DomainData] | None = None, config: OnlineHeadConfig | None = None,
                methods: dict[str, dict] | None = None, n_stream: int = 600,
                stream_classes: Sequence[str] | None = UNEVEN_STREAM, epochs: int = 30, seed: int = 0,
-               curve_every: int = 50) -> dict:
+               curve_every: int = 50, phases: Sequence[tuple[Sequence[str] | None, int]] | None = None) -> dict:
     """Train on adult, stream infant samples one by one; adult/infant test accuracy before and after per method.
 
     Methods are config overrides of `config`; default (DEFAULT_METHODS): naive partial_fit, anchor pull only,
-    replay only, replay + anchor pull (the default config). The stream holds only `stream_classes` (uneven class mix: what causes forgetting).
-    Infant accuracy is reported on all classes and on the streamed classes.
+    replay only, replay + anchor pull (the default config). The stream holds only `stream_classes` (uneven class
+    mix: what causes forgetting), or follows `phases` [(classes or None, n), ...] when given (e.g. 3 classes,
+    then all). Infant accuracy is reported on all classes and on the (first phase's) streamed classes; coverage
+    and mean set size of the head's conformal sets on both test sets too.
     """
     data = data or gaussian_domains(seed=seed)
     config = config or OnlineHeadConfig(seed=seed)
     methods = methods or DEFAULT_METHODS
     a, inf = data["adult"], data["infant"]
+    if phases is not None:
+        phases = [(None if c is None else tuple(c), int(n)) for c, n in phases]
+        order = phased_stream_indices(inf.y_train, phases, seed=seed + 7)
+        stream_classes = phases[0][0]
+        label = [{"classes": list(c) if c is not None else "all", "n": n} for c, n in phases]
+    else:
+        order = stream_indices(inf.y_train, stream_classes, n_stream, seed=seed + 7)
+        label = list(stream_classes) if stream_classes else "all"
+    n_stream = int(len(order))
     streamed = None if stream_classes is None else [CLASSES.index(c) for c in stream_classes]
-    order = stream_indices(inf.y_train, stream_classes, n_stream, seed=seed + 7)
     base = initial_head(data, replace(config, calib_holdout=0.0), epochs=epochs)
     import copy
 
-    results = {"n_stream": n_stream, "stream_classes": list(stream_classes) if stream_classes else "all",
-               "methods": {}}
+    def measure(head: OnlineHead) -> dict:
+        pa, pi = head.predict_proba(a.X_test), head.predict_proba(inf.X_test)
+        sa, si = evaluate_sets(pa, a.y_test, head.qhat), evaluate_sets(pi, inf.y_test, head.qhat)
+        m = np.isin(inf.y_test, streamed) if streamed is not None else np.ones(len(inf.y_test), bool)
+        return {"adult": sa["accuracy"], "infant": si["accuracy"],
+                "infant_streamed": float((pi[m].argmax(1) == inf.y_test[m]).mean()),
+                "adult_coverage": sa["coverage"], "adult_set_size": sa["mean_set_size"],
+                "infant_coverage": si["coverage"], "infant_set_size": si["mean_set_size"]}
+
+    results = {"n_stream": n_stream, "stream_classes": label, "methods": {}}
     for name, overrides in methods.items():
         head = copy.deepcopy(base)
         head.reconfigure(**{**{k: v for k, v in asdict(config).items() if k not in _FIXED}, **overrides})
         head.set_anchor()
-        before = {"adult": _accuracy(head, a.X_test, a.y_test), "infant": _accuracy(head, inf.X_test, inf.y_test),
-                  "infant_streamed": _accuracy(head, inf.X_test, inf.y_test, streamed)}
+        before = measure(head)
         curve = []
         for j, i in enumerate(order, start=1):
             head.learn_one(inf.X_train[i], int(inf.y_train[i]))
             if j % curve_every == 0 or j == len(order):
                 curve.append({"step": j, "adult": _accuracy(head, a.X_test, a.y_test),
                               "infant": _accuracy(head, inf.X_test, inf.y_test)})
-        after = {"adult": _accuracy(head, a.X_test, a.y_test), "infant": _accuracy(head, inf.X_test, inf.y_test),
-                 "infant_streamed": _accuracy(head, inf.X_test, inf.y_test, streamed)}
+        after = measure(head)
         results["methods"][name] = {
             "overrides": overrides, "before": before, "after": after,
             "adult_drop_points": 100 * (before["adult"] - after["adult"]),
@@ -281,6 +313,44 @@ def forgetting(data: dict[str, DomainData] | None = None, config: OnlineHeadConf
             "curve": curve,
         }
     return results
+
+
+@dataclass
+class SkewedShift:
+    """The harder scenario: weakly separated classes (adult start ~0.6) and a shifted infant domain whose stream
+    holds only `first_classes` for `n_first` samples, then all classes for `n_rest` (a class-skewed arrival)."""
+
+    separation: float = 1.9
+    shift: float = 1.0
+    class_shift: float = 3.0
+    confusion: float = 0.0
+    first_classes: tuple[str, ...] = UNEVEN_STREAM
+    n_first: int = 1000
+    n_rest: int = 500
+    rest_classes: tuple[str, ...] | None = None  # classes of the second part (None = all classes)
+    n_train: int = 1400
+    n_cal: int = 500
+    n_test: int = 1000
+
+    def phases(self) -> list[tuple[tuple[str, ...] | None, int]]:
+        rest = None if self.rest_classes is None else tuple(self.rest_classes)
+        return [(tuple(self.first_classes), self.n_first), (rest, self.n_rest)]
+
+    def domains(self, seed: int = 0) -> dict[str, DomainData]:
+        return gaussian_domains(self.n_train, self.n_cal, self.n_test, seed=seed, separation=self.separation,
+                                shift=self.shift, class_shift=self.class_shift, confusion=self.confusion)
+
+
+def forgetting_skewed(scenario: SkewedShift | None = None, config: OnlineHeadConfig | None = None,
+                      methods: dict[str, dict] | None = None, seed: int = 0, epochs: int = 30,
+                      curve_every: int = 50, data: dict[str, DomainData] | None = None) -> dict:
+    """forgetting() on the harder skewed-shift Gaussian scenario (SkewedShift), one seed."""
+    scenario = scenario or SkewedShift()
+    data = data or scenario.domains(seed)
+    out = forgetting(data, config or OnlineHeadConfig(seed=seed), methods=methods or SKEWED_METHODS, epochs=epochs,
+                     seed=seed, curve_every=curve_every, phases=scenario.phases())
+    out["scenario"] = asdict(scenario)
+    return out
 
 
 def coverage_after_stream(data: dict[str, DomainData] | None = None, config: OnlineHeadConfig | None = None,

@@ -29,7 +29,7 @@ from infantino.runtime.head import ACTIVATIONS, Head, HeadPrediction
 from .conformal import (CalibrationBuffer, check_coverage_level, conformal_quantile, nonconformity,
                         weighted_conformal_quantile)
 from .labels import AMBIGUITY_RULES, expand_targets, label_index, make_target, target_from_any
-from .replay import REPLAY_POLICIES, ReplayBuffer
+from .replay import REPLAY_POLICIES, ReplayBuffer, TeacherAnchors
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,14 @@ class OnlineHeadConfig:
     replay_weight: float = 1.0         # sample weight of each replayed entry (a new sample weighs `weight`=1)
     # forgetting control 2: pull toward the anchor head after each update, w -= anchor_strength * (w - w_anchor)
     anchor_strength: float = 0.01      # 0 = off; the anchor is the head after fit() (or set_anchor())
+    anchor_fisher: bool = False        # scale the pull per weight by its diagonal Fisher information at the anchor
+    # forgetting control 3: distil the head's own past outputs on replayed entries (dark experience replay)
+    distill_weight: float = 0.0        # share of the stored probabilities in a replayed entry's target (0 = labels)
+    distill_top: int = 3               # keep the k most probable classes of a stored distribution (rows per entry)
+    # teacher anchor set (set_teacher_anchors): fixed embeddings with a teacher's probabilities, never evicted
+    teacher_mix: int = 4               # anchor rows mixed into every update, rotating through the set
+    fit_anchors: int = 0               # EXPERIMENT
+    distill_new: bool = True           # EXPERIMENT
     # uncertainty
     coverage: float = 0.9              # split-conformal coverage level
     calib_size: int = 500              # FIFO calibration buffer capacity
@@ -95,6 +103,12 @@ class OnlineHeadConfig:
             raise ValueError("learning rates must be > 0")
         if self.replay_weight < 0 or self.alpha < 0:
             raise ValueError("replay_weight and alpha must be >= 0")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if self.distill_top < 1:
+            raise ValueError(f"distill_top must be >= 1, got {self.distill_top}")
+        if self.teacher_mix < 0:
+            raise ValueError(f"teacher_mix must be >= 0, got {self.teacher_mix}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "OnlineHeadConfig":
@@ -133,6 +147,8 @@ class OnlineHead:
         self.replay = ReplayBuffer(c.replay_size, self.dim, len(self.classes), c.replay_policy, seed=c.seed + 1)
         self.calib = CalibrationBuffer(c.calib_size, self.dim)
         self.anchor: list[np.ndarray] | None = None
+        self.anchor_pull: list[np.ndarray] | None = None  # per-weight pull factors (anchor_fisher), else None
+        self.teacher: TeacherAnchors | None = None
         self.counters = _Counters()
         self._head_cache: Head | None = None
 
@@ -179,7 +195,12 @@ class OnlineHead:
                 order = rng.permutation(len(X))
                 for s in range(0, len(X), bs):
                     b = order[s:s + bs]
-                    mlp.partial_fit(X[b], yi[b], classes=self.class_indices)
+                    if self.teacher is not None and self.config.teacher_mix > 0:
+                        rx, ry, rw = self._teacher_rows(np.ones(len(b), np.float32))
+                        rx, ry = np.concatenate([X[b], rx]), np.concatenate([yi[b], ry])
+                        _step(mlp, rx, ry, np.concatenate([np.ones(len(b), np.float32), rw]), self.class_indices)
+                    else:
+                        _step(mlp, X[b], yi[b], None, self.class_indices)
                 if bar:
                     bar.advance(task)
         finally:
@@ -187,7 +208,11 @@ class OnlineHead:
                 bar.stop()
         self.mlp = mlp
         T = np.eye(len(self.classes), dtype=np.float32)[yi]
-        self.replay.add_many(X, T)
+        P = self._mlp_proba(X)
+        self.replay.add_many(X, T, P=P)
+        if self.config.fit_anchors > 0:  # EXPERIMENT
+            idx = self.rng.choice(len(X), size=min(len(X), self.config.fit_anchors), replace=False)
+            self.set_teacher_anchors(X[idx], P[idx])
         self.counters.trained_samples += len(X)
         self.set_anchor()
         self._after_update(force_recalibrate=True)
@@ -298,6 +323,32 @@ class OnlineHead:
         """Make the current weights the anchor that anchor_strength pulls toward (e.g. at a session start)."""
         self._require_fitted()
         self.anchor = [w.copy() for w in self.mlp.coefs_ + self.mlp.intercepts_]
+        self.anchor_pull = None
+        if self.config.anchor_fisher and len(self.replay):
+            F = self._fisher(self.replay.X[: len(self.replay)], self.replay.T[: len(self.replay)])
+            mean = float(np.mean(np.concatenate([f.ravel() for f in F]))) or 1.0
+            a = self.config.anchor_strength
+            self.anchor_pull = [np.minimum(np.float32(1.0), (a * f / mean)).astype(np.float32) for f in F]
+
+    def set_teacher_anchors(self, X, P, weight: float = 1.0) -> None:
+        """Keep fixed anchor embeddings X (N, D) with a teacher's class probabilities P (N, C) (e.g. the pretrained
+        FER-2013 model's softmax on real faces): `teacher_mix` of them join every update as soft targets.
+
+        They are kept apart from the replay buffer (never evicted), saved with the state, and replace any earlier
+        set; `weight` is each anchor row's sample weight. Pass an empty X to remove the set.
+        """
+        X = self._check_embeddings(X)
+        P = np.asarray(P, dtype=np.float64)
+        if P.ndim != 2 or P.shape != (len(X), len(self.classes)):
+            raise ValueError(f"teacher probabilities must have shape ({len(X)}, {len(self.classes)}), got {P.shape}")
+        if not np.all(np.isfinite(P)) or np.any(P < 0) or np.any(P.sum(1) <= 0):
+            raise ValueError("teacher probabilities must be finite, non-negative, and not all zero in a row")
+        weight = _check_weight(weight)
+        if len(X) == 0:
+            self.teacher = None
+            return
+        P = P / P.sum(1, keepdims=True)
+        self.teacher = TeacherAnchors(X, P.astype(np.float32), weight, seed=self.config.seed + 2)
 
     def recalibrate(self) -> float | None:
         """Recompute qhat for the current weights from the calibration buffer (None if it is empty)."""
@@ -381,6 +432,8 @@ class OnlineHead:
         cfg = state.pop("config")
         obj.__dict__.update(state)
         obj.config = OnlineHeadConfig(**cfg)
+        obj.__dict__.setdefault("anchor_pull", None)  # state files written before these existed
+        obj.__dict__.setdefault("teacher", None)
         obj._head_cache = None
         return obj
 
@@ -394,7 +447,7 @@ class OnlineHead:
                              shuffle=False)
 
     def _train_rows(self, X: np.ndarray, T: np.ndarray, w: np.ndarray, bump: bool = True) -> None:
-        """partial_fit on new rows mixed with replayed rows (one call per chunk), then anchor pull, then buffer."""
+        """One partial_fit per chunk on new rows + replayed rows (+ teacher anchors), anchor pull, then buffer."""
         mlp = self.mlp if self.is_fitted else self._new_mlp()
         c = self.config
         lr = c.online_learning_rate or c.learning_rate
@@ -404,26 +457,75 @@ class OnlineHead:
         chunk = max(1, c.batch_size) if len(X) > 1 else 1
         for s in range(0, len(X), chunk):
             Xn, Tn, wn = X[s:s + chunk], T[s:s + chunk], w[s:s + chunk]
-            rx, ry, rw = expand_targets(Xn, Tn, wn)
+            parts = [expand_targets(Xn, Tn, wn)]
             if c.replay_mix > 0 and len(self.replay):
                 r = self.replay.sample(c.replay_mix)
-                px, py, pw = expand_targets(r.X, r.T, r.w * np.float32(c.replay_weight))
-                rx, ry, rw = np.concatenate([rx, px]), np.concatenate([ry, py]), np.concatenate([rw, pw])
-            mlp.partial_fit(rx, ry, sample_weight=rw, classes=self.class_indices)
+                Tr = r.T
+                if c.distill_weight > 0:
+                    Tr = (1.0 - c.distill_weight) * r.T + c.distill_weight * _top_k(r.P, c.distill_top)
+                parts.append(expand_targets(r.X, Tr, r.w * np.float32(c.replay_weight)))
+            if self.teacher is not None and c.teacher_mix > 0:
+                parts.append(self._teacher_rows(wn))
+            rx, ry, rw = (np.concatenate(v) for v in zip(*parts)) if len(parts) > 1 else parts[0]
+            _step(mlp, rx, ry, rw, self.class_indices)
             self.mlp = mlp
             self._pull_to_anchor()
+            P = self._mlp_proba(Xn) if c.distill_weight > 0 and c.distill_new else None
             for i in range(len(Xn)):
-                self.replay.add(Xn[i], Tn[i], float(wn[i]))
+                self.replay.add(Xn[i], Tn[i], float(wn[i]), None if P is None else P[i])
         self.counters.trained_samples += len(X)
         if bump:
             self._after_update()
+
+    def _teacher_rows(self, wn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next teacher_mix anchors of the rotation as soft-target rows (weights: the set's weight)."""
+        t = self.teacher
+        idx = t.take(self.config.teacher_mix)
+        P = _top_k(t.P[idx], self.config.distill_top)
+        return expand_targets(t.X[idx], P, np.full(len(idx), t.weight, np.float32))
 
     def _pull_to_anchor(self) -> None:
         a = self.config.anchor_strength
         if a <= 0 or self.anchor is None:
             return
-        for p, q in zip(self.mlp.coefs_ + self.mlp.intercepts_, self.anchor):
+        params = self.mlp.coefs_ + self.mlp.intercepts_
+        if self.config.anchor_fisher and self.anchor_pull is not None:
+            for p, q, f in zip(params, self.anchor, self.anchor_pull):
+                p -= f * (p - q)
+            return
+        for p, q in zip(params, self.anchor):
             p -= np.float32(a) * (p - q)
+
+    def _mlp_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities of the MLP's current weights (float32 numpy; no version/head bookkeeping)."""
+        return self._mlp_pass(X)[-1]
+
+    def _mlp_pass(self, X: np.ndarray) -> list[np.ndarray]:
+        acts = [np.asarray(X, dtype=np.float32)]
+        n = len(self.mlp.coefs_)
+        for i, (W, b) in enumerate(zip(self.mlp.coefs_, self.mlp.intercepts_)):
+            z = acts[-1] @ W + b
+            if i < n - 1:
+                z = _ACT[self.config.activation](z)
+            else:
+                z = np.exp(z - z.max(1, keepdims=True))
+                z /= z.sum(1, keepdims=True)
+            acts.append(z)
+        return acts
+
+    def _fisher(self, X: np.ndarray, T: np.ndarray) -> list[np.ndarray]:
+        """Diagonal empirical Fisher (mean squared per-sample gradient of the cross-entropy against labels T) per
+        weight array, in coefs_ + intercepts_ order: how much each weight matters to the anchor's outputs."""
+        acts = self._mlp_pass(X)
+        delta = acts[-1] - T
+        n = len(X)
+        fc, fi = [], []
+        for i in range(len(self.mlp.coefs_) - 1, -1, -1):
+            fc.append((acts[i] ** 2).T @ (delta ** 2) / n)  # per-sample grads are outer products a_i delta_i^T
+            fi.append((delta ** 2).mean(0))
+            if i > 0:
+                delta = (delta @ self.mlp.coefs_[i].T) * _DACT[self.config.activation](acts[i])
+        return fc[::-1] + fi[::-1]
 
     def _after_update(self, force_recalibrate: bool = False) -> None:
         self.version += 1
@@ -471,6 +573,29 @@ class OnlineHead:
         return (f"OnlineHead(version={self.version}, extractor_id={self.extractor_id[:12]!r}, "
                 f"trained={self.counters.trained_samples}, replay={len(self.replay)}, calib={len(self.calib)}, "
                 f"qhat={self.qhat})")
+
+
+_ACT = {"relu": lambda z: np.maximum(z, 0, out=z), "tanh": np.tanh,
+        "logistic": lambda z: 1.0 / (1.0 + np.exp(-z)), "identity": lambda z: z}
+_DACT = {"relu": lambda a: (a > 0).astype(a.dtype), "tanh": lambda a: 1.0 - a ** 2,  # derivative from the output
+         "logistic": lambda a: a * (1.0 - a), "identity": lambda a: np.ones_like(a)}
+
+
+def _step(mlp, X: np.ndarray, y: np.ndarray, w: np.ndarray | None, classes: np.ndarray) -> None:
+    """One partial_fit call = one Adam step on all rows (sklearn would split more than 200 rows into batches)."""
+    mlp.batch_size = len(X)
+    mlp.partial_fit(X, y, sample_weight=w, classes=classes)
+
+
+def _top_k(P: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k largest probabilities, renormalised (fewer partial_fit rows per soft target)."""
+    if k >= P.shape[1]:
+        return P
+    out = np.zeros_like(P)
+    idx = np.argpartition(-P, k - 1, axis=1)[:, :k]
+    rows = np.arange(len(P))[:, None]
+    out[rows, idx] = P[rows, idx]
+    return out / out.sum(1, keepdims=True)
 
 
 def _as_list(y) -> list:

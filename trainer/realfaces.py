@@ -32,7 +32,7 @@ def haar_crop(image: np.ndarray, margin: float = 0.1) -> np.ndarray | None:
     """
     from infantino.runtime.face import FaceOptions, create_detector, crop_face
 
-    det = create_detector(FaceOptions(margin=margin))
+    det = create_detector(FaceOptions(detector="haar", margin=margin))  # fixed: the figures' crops
     boxes = det.detect(image)
     if not boxes:
         return None

@@ -271,6 +271,36 @@ def measure_synthetic_backbone(backbone: str = "efficientnet_b0", img_size: int 
             "real_predicted_classes": np.bincount(p.argmax(1), minlength=len(CLASSES)).tolist()}
 
 
+def measure_tradeoff(data: str, out: str, points: list[dict], n_infant: int = 350, seed: int = 0) -> list[dict]:
+    """Real-face agreement (held-out, through the fitted head) against synthetic infant accuracy, per fit setting.
+
+    Each point is a set of FitConfig overrides (e.g. distill_weight, head_anchor_weight, finetune); the infant
+    faces are the demo's held-out camera domain (seed 11). Behind the trade-off plot in docs/real-faces.md.
+    """
+    from .extractor import load_extractor
+    from .fit import FitConfig, embed_arrays, fit
+    from .online_head import OnlineHead
+    from .synth import synth_arrays
+
+    imgs, labels = synth_arrays(n_infant, domain="infant", seed=11, size=96)
+    rows = []
+    for i, pt in enumerate(points):
+        cfg = FitConfig(data=data, out=f"{out}/p{i}", backbone="mini_xception", pretrained="fer2013", img_size=64,
+                        epochs=3, batch_size=32, lr=0.002, tracking=False, progress=False, overwrite=True, seed=seed,
+                        **pt)
+        res = fit(cfg)
+        net, ecfg = load_extractor(res.extractor_path)
+        head = OnlineHead.load(res.head_state_path)
+        acc = float((head.predict_proba(embed_arrays(net, imgs, ecfg.spec)).argmax(1) == np.asarray(labels)).mean())
+        row = {**pt, "realface_agreement": res.metrics["realface_agreement"],
+               "realface_agreement_confident": res.metrics["realface_agreement_confident"],
+               "extractor_realface_agreement": res.metrics["extractor_realface_agreement"],
+               "infant_acc": acc}
+        log.info("trade-off point %s", row)
+        rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     from infantino.runtime.cliutil import guarded, setup_logging
 
@@ -287,6 +317,10 @@ def main(argv=None) -> int:
     b.add_argument("--backbone", default="efficientnet_b0")
     b.add_argument("--img-size", type=int, default=64)
     b.add_argument("--steps", type=int, default=80)
+    t = sub.add_parser("tradeoff", help="real-face agreement vs synthetic infant accuracy per distillation setting")
+    t.add_argument("--data", required=True, help="training image folder (e.g. infantino-train synth output)")
+    t.add_argument("--out", default="runs/tradeoff", help="work folder for the fits")
+    t.add_argument("--json", help="write the points here")
     args = p.parse_args(argv)
     setup_logging(0)
 
@@ -297,6 +331,12 @@ def main(argv=None) -> int:
             rep = parity_report()
         elif a.what == "cost":
             rep = measure_cost(a.iters, a.threads)
+        elif a.what == "tradeoff":
+            pts = ([{"finetune": False, "head_anchor_weight": w, "head_epochs": 4} for w in (0.0, 3.0, 10.0, 30.0)]
+                   + [{"distill_weight": d, "head_anchor_weight": 10.0} for d in (0.0, 1.0, 4.0, 16.0)])
+            rep = measure_tradeoff(a.data, a.out, pts)
+            if a.json:
+                Path(a.json).write_text(json.dumps(rep, indent=2))
         elif a.what == "synthetic-backbone":
             rep = measure_synthetic_backbone(a.backbone, a.img_size, a.steps)
         else:

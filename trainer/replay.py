@@ -19,15 +19,20 @@ REPLAY_POLICIES = ("class_balanced", "reservoir")
 
 @dataclass
 class ReplaySample:
-    """A draw from the buffer: embeddings (k, D), targets (k, C), weights (k,)."""
+    """A draw from the buffer: embeddings (k, D), targets (k, C), weights (k,), head probabilities when stored (k, C)."""
 
     X: np.ndarray
     T: np.ndarray
     w: np.ndarray
+    P: np.ndarray | None = None
 
 
 class ReplayBuffer:
-    """Bounded buffer of (embedding, target vector, weight); class of an entry = argmax of its target."""
+    """Bounded buffer of (embedding, target vector, weight, head probabilities); class = argmax of the target.
+
+    The head's probabilities when an entry was stored (P) let updates distil the head's past outputs on replayed
+    entries (dark experience replay, Buzzega et al. 2020); an entry stored without them keeps its target as P.
+    """
 
     def __init__(self, capacity: int, dim: int, n_classes: int, policy: str = "class_balanced", seed: int = 0):
         if policy not in REPLAY_POLICIES:
@@ -39,6 +44,7 @@ class ReplayBuffer:
         self.X = np.zeros((self.capacity, dim), dtype=np.float32)
         self.T = np.zeros((self.capacity, n_classes), dtype=np.float32)
         self.w = np.zeros(self.capacity, dtype=np.float32)
+        self.P = np.zeros((self.capacity, n_classes), dtype=np.float32)
         self.cls = np.zeros(self.capacity, dtype=np.int64)
         self.size = 0
         self.n_seen = 0
@@ -48,51 +54,92 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle; buffers saved before probabilities were stored replay their targets as probabilities."""
+        self.__dict__.update(state)
+        if "P" not in state:
+            self.P = self.T.copy()
+
     def class_counts(self) -> np.ndarray:
         """How many stored entries each class has."""
         return np.bincount(self.cls[: self.size], minlength=self.T.shape[1])
 
-    def add(self, x: np.ndarray, t: np.ndarray, w: float = 1.0) -> None:
-        """Offer one sample to the buffer (it may be stored, replace an entry, or be skipped)."""
+    def add(self, x: np.ndarray, t: np.ndarray, w: float = 1.0, p: np.ndarray | None = None) -> None:
+        """Offer one sample (and the head's probabilities p for it) to the buffer: stored, replacing, or skipped."""
         if self.capacity == 0:
             return
         c = int(np.argmax(t))
         self.n_seen += 1
         self.seen_per_class[c] += 1
         if self.size < self.capacity:
-            self._put(self.size, x, t, w, c)
+            self._put(self.size, x, t, w, c, p)
             self.size += 1
             return
         if self.policy == "reservoir":
             j = int(self.rng.integers(self.n_seen))
             if j < self.capacity:
-                self._put(j, x, t, w, c)
+                self._put(j, x, t, w, c, p)
             return
         counts = self.class_counts()
         largest = np.flatnonzero(counts == counts.max())
         if c not in largest:
             victim_class = int(self.rng.choice(largest))
             j = int(self.rng.choice(np.flatnonzero(self.cls[: self.size] == victim_class)))
-            self._put(j, x, t, w, c)
+            self._put(j, x, t, w, c, p)
         elif self.rng.random() < counts[c] / self.seen_per_class[c]:
             j = int(self.rng.choice(np.flatnonzero(self.cls[: self.size] == c)))
-            self._put(j, x, t, w, c)
+            self._put(j, x, t, w, c, p)
 
-    def add_many(self, X: np.ndarray, T: np.ndarray, w: np.ndarray | None = None) -> None:
+    def add_many(self, X: np.ndarray, T: np.ndarray, w: np.ndarray | None = None,
+                 P: np.ndarray | None = None) -> None:
+        """add() for each row (P: the head's probabilities per row, or None)."""
         w = np.ones(len(X), dtype=np.float32) if w is None else w
         for i in range(len(X)):
-            self.add(X[i], T[i], float(w[i]))
+            self.add(X[i], T[i], float(w[i]), None if P is None else P[i])
 
     def sample(self, k: int) -> ReplaySample:
         """k distinct entries drawn uniformly (fewer if the buffer holds fewer)."""
         k = min(int(k), self.size)
         if k <= 0:
-            return ReplaySample(self.X[:0], self.T[:0], self.w[:0])
+            return ReplaySample(self.X[:0], self.T[:0], self.w[:0], self.P[:0])
         idx = self.rng.choice(self.size, size=k, replace=False) if k < self.size else np.arange(self.size)
-        return ReplaySample(self.X[idx], self.T[idx], self.w[idx])
+        return ReplaySample(self.X[idx], self.T[idx], self.w[idx], self.P[idx])
 
-    def _put(self, j: int, x, t, w, c) -> None:
+    def _put(self, j: int, x, t, w, c, p=None) -> None:
         self.X[j] = x
         self.T[j] = t
         self.w[j] = w
+        self.P[j] = t if p is None else p
         self.cls[j] = c
+
+
+class TeacherAnchors:
+    """A fixed set of anchor embeddings with a teacher's class probabilities, never evicted.
+
+    Updates take a few rows each, rotating through the set (a shuffled order, reshuffled after every pass), so
+    every anchor is rehearsed equally often; `weight` is the sample weight of each anchor row.
+    """
+
+    def __init__(self, X: np.ndarray, P: np.ndarray, weight: float = 1.0, seed: int = 0):
+        self.X = np.ascontiguousarray(X, dtype=np.float32)
+        self.P = np.ascontiguousarray(P, dtype=np.float32)
+        self.weight = float(weight)
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(self.X))
+        self.cursor = 0
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def take(self, k: int) -> np.ndarray:
+        """Indices of the next k anchors of the rotation (all of them if k >= the set's size)."""
+        n = len(self.X)
+        k = min(int(k), n)
+        out = np.empty(k, dtype=np.int64)
+        for j in range(k):
+            if self.cursor >= n:
+                self.order = self.rng.permutation(n)
+                self.cursor = 0
+            out[j] = self.order[self.cursor]
+            self.cursor += 1
+        return out

@@ -64,6 +64,9 @@ class FleetConfig(_Strict):
                                                  "(it names its extractor id)")
     head_state: ExistingPath = Field(..., description="OnlineHead state (head_state.pkl or its directory) to start from")
     devices: Optional[list[str]] = Field(None, description="accept samples only from these device ids")
+    real_face_guard: bool = Field(True, description="hold back head versions that agree less with the FER-2013 "
+                                  "teacher on held-out real faces than the guard allows (needs `bundle`)")
+    allow_real_face_regression: bool = Field(False, description="publish such versions anyway (logged)")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -295,6 +298,9 @@ class PublishedUpdate:
     published_at: float
     sample_ids: list[str] = field(default_factory=list)
     first_received_at: Optional[float] = None  # when the oldest sample of this update reached the service
+    realface_agreement: Optional[float] = None  # the real-face guard's figures of this version
+    realface_agreement_confident: Optional[float] = None
+    held_back: bool = False                     # True: failed the guard, not published (version not consumed)
 
 
 class FleetWorker:
@@ -312,10 +318,16 @@ class FleetWorker:
         self.public_key = public_key
         self.head_topic = topics.fleet_head(cfg.name)
         self.delta_topic = topics.fleet_delta(cfg.name)
+        self.guard: Optional[FleetGuard] = None
         if cfg.bundle is not None:
             bundle = load_bundle(cfg.bundle, public_key=public_key)
             self.extractor_id, bundle_head = bundle.extractor_id, bundle.head
+            if cfg.real_face_guard:
+                self.guard = FleetGuard(bundle, cfg.allow_real_face_regression)
         else:
+            if cfg.real_face_guard:
+                log.warning("fleet %s: no bundle, so no real-face guard (it embeds real faces with the bundle's "
+                            "extractor); set `bundle` or real_face_guard: false", cfg.name)
             try:
                 bundle_head = Head.from_bytes(Path(cfg.initial_head).read_bytes())
             except HeadError as e:
@@ -415,6 +427,35 @@ class FleetWorker:
         return "new_full"
 
 
+class FleetGuard:
+    """The real-face guard of one fleet: held-out real faces embedded once by the bundle's extractor, and every
+    candidate head version scored on them before it may be published (trainer.realface_guard)."""
+
+    def __init__(self, bundle, allow_regression: bool = False):
+        from infantino.runtime.face import FaceOptions
+        from infantino.runtime.pipeline import Pipeline
+
+        from .realface_guard import embed_heldout, pretrained_baseline
+
+        with Pipeline(bundle, face=FaceOptions(detector="full_frame")) as pipe:  # the faces are crops already
+            self.embeddings = embed_heldout(pipe.embed)
+        rf = bundle.manifest.real_faces
+        self.baseline = rf.baseline if rf is not None and rf.baseline is not None else pretrained_baseline()
+        self.allow_regression = allow_regression
+        self.held_back = 0
+        self.last: dict | None = None
+
+    def judge(self, head: Head) -> tuple[bool, dict]:
+        """(may publish, figures) for a candidate head; figures include the failed thresholds."""
+        from .realface_guard import GuardPolicy, head_agreement
+
+        a = head_agreement(self.embeddings, head, baseline=self.baseline)
+        problems = GuardPolicy().problems(a)
+        self.last = {"agreement": a.all, "agreement_confident": a.confident, "baseline": self.baseline,
+                     "problems": problems}
+        return (not problems) or self.allow_regression, self.last
+
+
 # ---- MLflow -----------------------------------------------------------------------------------------------
 class VersionTracker:
     """Logs published head versions to MLflow in batches from its own thread (MLflow never blocks learning)."""
@@ -493,16 +534,26 @@ class VersionTracker:
             metrics = []
             for u in ups:
                 ts = int(u.published_at * 1000)
+                if u.realface_agreement is not None:
+                    pre = "held_back_" if u.held_back else ""
+                    metrics += [Metric(f"{pre}realface_agreement", u.realface_agreement, ts, u.version),
+                                Metric(f"{pre}realface_agreement_confident", u.realface_agreement_confident, ts,
+                                       u.version)]
+                if u.held_back:
+                    metrics.append(Metric("held_back_versions", 1, ts, u.version))
+                    continue
                 metrics += [Metric("head_version", u.version, ts, u.version),
                             Metric("samples_learned", u.learned_total, ts, u.version),
                             Metric("samples_in_update", u.samples, ts, u.version),
                             Metric("delta_bytes", u.delta_bytes, ts, u.version),
                             Metric("full_bytes", u.full_bytes, ts, u.version)]
-            last = ups[-1]
+            published = [u for u in ups if not u.held_back]
+            last = published[-1] if published else None
             for i in range(0, len(metrics), 900):  # MLflow accepts up to 1000 metrics per batch
                 self._client.log_batch(run_id, metrics=metrics[i:i + 900])
-            self._client.log_batch(run_id, tags=[RunTag("head_version", str(last.version)),
-                                                 RunTag("head_sha256", last.sha256)])
+            if last is not None:
+                self._client.log_batch(run_id, tags=[RunTag("head_version", str(last.version)),
+                                                     RunTag("head_sha256", last.sha256)])
             self.logged += len(ups)
 
 
@@ -524,6 +575,7 @@ class UpdateService:
         self.inbox: queue.Queue = queue.Queue()
         self.stop_event = threading.Event()
         self.published: collections.deque[PublishedUpdate] = collections.deque(maxlen=10000)
+        self.held_back: collections.deque[PublishedUpdate] = collections.deque(maxlen=10000)
         self.counters = {"received": 0, "learned": 0, "duplicates": 0, "invalid": 0, "dropped": 0}
         self.on_published: list[Callable[[PublishedUpdate], None]] = []
         self.link = MqttLink(config.broker, client_id=config.broker.client_id or config.service_id,
@@ -705,6 +757,29 @@ class UpdateService:
             self.link.ack(m)
         w.unacked.clear()
 
+    def _hold_back(self, w: FleetWorker, head: Head, figures: dict, n_samples: int) -> None:
+        """A candidate failed the real-face guard: keep learning, publish nothing, say so (log, status, MLflow)."""
+        w.guard.held_back += 1
+        log.warning("fleet %s: holding back head v%d (not published): real-face guard: %s; agreement %.3f, "
+                    "confident %.3f, pretrained %.3f", w.name, head.version, "; ".join(figures["problems"]),
+                    figures["agreement"], figures["agreement_confident"], figures["baseline"])
+        pu = PublishedUpdate(fleet=w.name, version=head.version, base_version=w.state.published.version,
+                             sha256=head.sha256, delta_bytes=0, full_bytes=0, samples=n_samples,
+                             learned_total=w.state.learned, published_at=time.time(),
+                             realface_agreement=figures["agreement"],
+                             realface_agreement_confident=figures["agreement_confident"], held_back=True)
+        self.held_back.append(pu)
+        if self.tracker is not None:
+            self.tracker.record(pu)
+        self._publish_status(w)
+
+    def _publish_status(self, w: FleetWorker) -> None:
+        try:
+            self.link.publish(self.topics.fleet_service_status(w.name), json.dumps(_fleet_status(w)).encode(),
+                              qos=1, retain=True)
+        except Exception as e:  # status is best effort; learning and updates go on
+            log.debug("fleet %s: service status not published: %s", w.name, e)
+
     def _publish(self, w: FleetWorker) -> None:
         upd = w.make_update()
         sample_ids, w.dirty_samples = w.dirty_samples, []
@@ -712,6 +787,15 @@ class UpdateService:
         if upd is None:
             return
         delta, full, result = upd
+        figures = None
+        if w.guard is not None:
+            ok, figures = w.guard.judge(result)
+            if not ok:
+                self._hold_back(w, result, figures, len(sample_ids))
+                return
+            if figures["problems"]:
+                log.warning("fleet %s: head v%d fails the real-face guard but is published "
+                            "(allow_real_face_regression): %s", w.name, result.version, "; ".join(figures["problems"]))
         base = w.state.published.version if delta is not None else None
         w.state.record_published(result, base)  # durable BEFORE publishing: this number is never reused
         w.full_bytes, w.force_full = full, False
@@ -722,15 +806,27 @@ class UpdateService:
         pu = PublishedUpdate(fleet=w.name, version=result.version, base_version=base if base is not None else -1,
                              sha256=result.sha256, delta_bytes=len(delta) if delta else 0, full_bytes=len(full),
                              samples=len(sample_ids), learned_total=w.state.learned, published_at=time.time(),
-                             sample_ids=sample_ids, first_received_at=first_received)
+                             sample_ids=sample_ids, first_received_at=first_received,
+                             realface_agreement=figures["agreement"] if figures else None,
+                             realface_agreement_confident=figures["agreement_confident"] if figures else None)
         self.published.append(pu)
         log.info("fleet %s: published head v%d (%d samples, %s, full %d B)", w.name, result.version,
                  len(sample_ids), f"delta {len(delta)} B" if delta else "no delta", len(full))
         if self.tracker is not None:
             self.tracker.record(pu)
+        self._publish_status(w)
         for fn in list(self.on_published):
             try:
                 fn(pu)
             except Exception:
                 log.exception("on_published callback failed")
 
+
+
+def _fleet_status(w: FleetWorker) -> dict:
+    """The retained service status of a fleet: what is published, and what the real-face guard holds back."""
+    g = w.guard
+    return {"fleet": w.name, "published_version": w.state.published.version, "samples_learned": w.state.learned,
+            "real_face_guard": None if g is None else {"held_back": g.held_back, "last": g.last,
+                                                       "allow_regression": g.allow_regression},
+            "timestamp": time.time()}

@@ -242,7 +242,16 @@ class FitTracker:
             "head_sha256": head_sha256})
         out["extractor_version"], out["head_version"] = str(ev.version), str(hv.version)
         log.info("registered %s v%s and %s v%s", extractor_model, ev.version, head_model, hv.version)
-        if _alias_version(self.client, extractor_model, CHAMPION) is None:
+        from .realface_guard import GuardPolicy, RealFaceAgreement
+
+        vm = version_metrics or {}
+        guard_ok = "realface_agreement" in vm and not GuardPolicy().problems(RealFaceAgreement(
+            all=vm["realface_agreement"], confident=vm["realface_agreement_confident"], n=0, n_confident=1,
+            baseline=vm.get("realface_baseline")))
+        if not guard_ok:
+            log.warning("%s v%s is not made @%s automatically: it has no passing real-face agreement",
+                        extractor_model, ev.version, CHAMPION)
+        elif _alias_version(self.client, extractor_model, CHAMPION) is None:
             self.client.set_registered_model_alias(extractor_model, CHAMPION, ev.version)
             self.client.set_registered_model_alias(head_model, CHAMPION, hv.version)
             log.info("no champion yet: %s v%s and %s v%s are now @%s", extractor_model, ev.version, head_model,
@@ -273,13 +282,30 @@ class Promotion:
     value: float | None
 
 
+def real_face_problems(version) -> list[str]:
+    """Why a registered version fails the real-face guard (its realface_* tags; see trainer.realface_guard)."""
+    from .realface_guard import GuardPolicy, RealFaceAgreement
+
+    tags = version.tags
+    agree, conf, base = (_float(tags.get(k)) for k in ("realface_agreement", "realface_agreement_confident",
+                                                        "realface_baseline"))
+    if agree is None or conf is None:
+        return ["no real-face agreement recorded (trained with --no-real-face-guard or by an older version)"]
+    return GuardPolicy().problems(RealFaceAgreement(all=agree, confident=conf, n=0, n_confident=1, baseline=base))
+
+
 def promote(metric: str | None = "val_f1", mode: str = "auto", alias: str = CHAMPION,
-            version: str | int | None = None, prefix: str = DEFAULT_PREFIX) -> Promotion:
+            version: str | int | None = None, prefix: str = DEFAULT_PREFIX,
+            allow_real_face_regression: bool = False) -> Promotion:
     """Give `alias` to the best infantino-extractor version by a run metric (or to `version`) and to its head.
 
     mode: "max", "min", or "auto" (min for metrics named *loss*/*error*, else max); ties go to the newest
     version. The head is the best (then newest) infantino-head version tagged with that extractor_version.
+    The real-face guard: a head that fails it is never chosen (RealFaceRegression when none passes or the
+    requested `version` fails), unless allow_real_face_regression.
     """
+    from .realface_guard import OVERRIDE_FLAG, RealFaceRegression
+
     EXTRACTOR_MODEL, HEAD_MODEL = model_names(prefix)  # noqa: N806 - shadow the defaults
     client = _client()
     if mode not in ("auto", "max", "min"):
@@ -301,6 +327,18 @@ def promote(metric: str | None = "val_f1", mode: str = "auto", alias: str = CHAM
             raise ValueError("give --metric or --version")
         scored = [(v, _version_metric(client, v, metric)) for v in versions]
         scored = [(v, m) for v, m in scored if m is not None]
+        if scored and not allow_real_face_regression:
+            refused = {str(v.version): real_face_problems(v) for v, _ in scored}
+            refused = {k: p for k, p in refused.items() if p}
+            for k, p in refused.items():
+                log.warning("%s v%s is not a candidate: the real-face guard refuses it (%s)", EXTRACTOR_MODEL, k,
+                            "; ".join(p))
+            if len(refused) == len(scored):
+                raise RealFaceRegression(
+                    f"every {EXTRACTOR_MODEL} version with {metric!r} fails the real-face guard ("
+                    + "; ".join(f"v{k}: {', '.join(p)}" for k, p in refused.items())
+                    + f"); nothing changed. Pass {OVERRIDE_FLAG} to promote anyway.")
+            scored = [(v, m) for v, m in scored if str(v.version) not in refused]
         if not scored:
             known = sorted({k for v in versions for k in _run_metrics(client, v.run_id)}
                            | {k for v in versions for k, t in v.tags.items() if _float(t) is not None})
@@ -311,6 +349,14 @@ def promote(metric: str | None = "val_f1", mode: str = "auto", alias: str = CHAM
     if not heads:
         raise InfantinoError(f"{EXTRACTOR_MODEL} v{chosen.version} has no {HEAD_MODEL} version tagged "
                              f"extractor_version={chosen.version}; nothing changed")
+    if not allow_real_face_regression:
+        failing = {h.version: real_face_problems(h) for h in heads}
+        passing = [h for h in heads if not failing[h.version]]
+        if not passing:
+            why = "; ".join(f"{HEAD_MODEL} v{v}: {', '.join(p)}" for v, p in failing.items())
+            raise RealFaceRegression(f"{EXTRACTOR_MODEL} v{chosen.version} is refused by the real-face guard ({why}); "
+                                     f"nothing changed. Pass {OVERRIDE_FLAG} to promote it anyway.")
+        heads = passing
 
     def head_key(h):
         m = _version_metric(client, h, metric) if metric else None

