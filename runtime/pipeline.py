@@ -18,7 +18,7 @@ import numpy as np
 from .backends.base import Backend
 from .bundle import Bundle, load_bundle
 from .errors import HeadError
-from .face import Box, FaceDetector, FaceOptions, check_frame, create_detector, crop_face
+from .face import Box, FaceDetector, FaceOptions, check_frame, create_detector, crop_face, upright_crop
 from .head import Head
 from .preprocess import preprocess
 
@@ -32,8 +32,9 @@ class FaceResult:
     """One face of a frame: where it is, what the head says, its embedding, and the frame's stage timings (ms).
 
     `box` is the detector's box (x, y, w, h); `crop_box` the region fed to the extractor (box + margin,
-    clamped). Timings are per frame (all faces of a frame are embedded in one batch), so they are the
-    same for every face of that frame.
+    clamped; a face with a roll `angle` is fed turned upright, see face.upright_crop); `keypoints` the
+    detector's 6 face points, if it gives them. Timings are per frame (all faces of a frame are embedded in
+    one batch), so they are the same for every face of that frame.
     """
 
     box: tuple[int, int, int, int]
@@ -46,6 +47,8 @@ class FaceResult:
     head_version: int
     embedding: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    angle: Optional[float] = None
+    keypoints: Optional[tuple[tuple[float, float], ...]] = None
 
     def to_message(self):
         """The face as the MQTT FacePrediction model."""
@@ -133,8 +136,11 @@ class Pipeline:
         if not boxes:
             return FrameResult([], timings, None)
         crops, crop_boxes = [], []
+        turn = self.face_options.upright
         for b in boxes:
-            c, cb = crop_face(frame, b, self.face_options.margin)
+            # A box with a roll angle (BlazeFace) is cut out upright; crop_box stays the axis-aligned region.
+            crop = upright_crop if turn and b.angle is not None else crop_face
+            c, cb = crop(frame, b, self.face_options.margin)
             crops.append(c)
             crop_boxes.append(cb)
         return self._classify(crops, boxes, crop_boxes, timings)
@@ -161,7 +167,8 @@ class Pipeline:
         faces = [
             FaceResult(box=b.as_tuple(), crop_box=cb.as_tuple(), label=p.label, index=p.index,
                        probabilities=p.probabilities, entropy=p.entropy, prediction_set=p.prediction_set,
-                       head_version=p.head_version, embedding=emb[i].copy(), timings=dict(timings))
+                       head_version=p.head_version, embedding=emb[i].copy(), timings=dict(timings),
+                       angle=b.angle, keypoints=b.keypoints)
             for i, (b, cb, p) in enumerate(zip(boxes, crop_boxes, preds))
         ]
         return FrameResult(faces, dict(timings), head.version)
