@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 
+import cv2
 import numpy as np
 import pytest
 
 from infantino.runtime.backends import unavailable_reason
 from infantino.runtime.classes import CLASSES
 from infantino.runtime.errors import HeadError
-from infantino.runtime.face import Box, FaceOptions, crop_face
+from infantino.runtime.face import Box, FaceOptions, crop_face, upright_crop
 from infantino.runtime.pipeline import STAGES, FaceResult, Pipeline
 from infantino.runtime.preprocess import preprocess
 
@@ -54,8 +55,10 @@ def test_predict_on_real_faces(runtime_loaded, runtime_model, real_faces, backen
             assert set(r.timings) == set(STAGES) and all(v >= 0 for v in r.timings.values())
             x0, y0, w, h = r.crop_box
             assert x0 <= r.box[0] and y0 <= r.box[1] and w >= r.box[2] and h >= r.box[3]
-            # The embedding is PyTorch's embedding of the same crop, preprocessed by the trainer's config.
-            crop, _ = crop_face(img, Box(*r.box), pipe.face_options.margin)
+            # The embedding is PyTorch's embedding of the same crop (turned upright by the face's roll angle),
+            # preprocessed by the trainer's config.
+            assert r.angle is not None and len(r.keypoints) == 6  # the default detector (BlazeFace) gives them
+            crop, _ = upright_crop(img, Box(*r.box, angle=r.angle), pipe.face_options.margin)
             with torch.no_grad():
                 want = model(torch.from_numpy(preprocess([crop], cfg.spec, "NCHW"))).numpy()[0]
             cos = float(want @ r.embedding / (np.linalg.norm(want) * np.linalg.norm(r.embedding)))
@@ -95,7 +98,7 @@ def test_all_faces_of_a_frame_in_one_batch(runtime_loaded, two_faces):
         res = pipe.predict(two_faces)
         assert len(res) == 2 and res[0].timings == res[1].timings
         # Same embeddings as classifying each crop on its own.
-        crops = [crop_face(two_faces, Box(*r.box), pipe.face_options.margin)[0] for r in res]
+        crops = [upright_crop(two_faces, Box(*r.box, angle=r.angle), pipe.face_options.margin)[0] for r in res]
         alone = pipe.classify_crops(crops)
         for r, s in zip(res, alone):
             assert np.abs(r.embedding - s.embedding).max() < 1e-5 * np.abs(r.embedding).max() + 1e-9
@@ -190,3 +193,28 @@ def test_pipeline_from_a_path_uses_the_configured_key(runtime_bundle, keypair, m
     with Pipeline(runtime_bundle, backend="auto") as pipe:
         assert pipe.backend.name == "onnxruntime"
         assert len(pipe.predict(real_faces["grace_hopper"])) == 1
+
+
+def test_turned_face_is_classified_upright(runtime_loaded, face_scene):
+    """A face lying at 90/180/270 degrees gets (nearly) the embedding of the same face upright; Haar crops stay
+    axis-aligned (no angle)."""
+    upright = face_scene(0, scale=160, seed=4)
+    with Pipeline(runtime_loaded, backend="onnxruntime", threads=1) as pipe:
+        ref = pipe.predict(upright.frame)[0]
+        for rotation in (90, 180, 270):
+            turned = cv2.rotate(upright.frame, {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180,
+                                                270: cv2.ROTATE_90_COUNTERCLOCKWISE}[rotation])
+            r = pipe.predict(turned)[0]
+            assert abs((r.angle - ref.angle - rotation + 180) % 360 - 180) < 10, (rotation, r.angle)
+            cos = float(ref.embedding @ r.embedding / (np.linalg.norm(ref.embedding) * np.linalg.norm(r.embedding)))
+            assert cos > 0.97, (rotation, cos)
+            x, y, w, h = r.crop_box  # the display region: axis-aligned, inside the frame
+            assert x >= 0 and y >= 0 and x + w <= turned.shape[1] and y + h <= turned.shape[0]
+        flat = FaceOptions(upright=False)
+    with Pipeline(runtime_loaded, backend="onnxruntime", threads=1, face=flat) as pipe:
+        r = pipe.predict(turned)[0]
+        crop, _ = crop_face(turned, Box(*r.box), flat.margin)
+        assert np.allclose(r.embedding, pipe.embed([crop])[0], atol=1e-5)
+    with Pipeline(runtime_loaded, backend="onnxruntime", threads=1, face=FaceOptions(detector="haar")) as pipe:
+        r = pipe.predict(upright.frame)
+        assert len(r) == 1 and r[0].angle is None and r[0].keypoints is None

@@ -58,14 +58,11 @@ class OnlineHeadConfig:
     replay_weight: float = 1.0         # sample weight of each replayed entry (a new sample weighs `weight`=1)
     # forgetting control 2: pull toward the anchor head after each update, w -= anchor_strength * (w - w_anchor)
     anchor_strength: float = 0.01      # 0 = off; the anchor is the head after fit() (or set_anchor())
-    anchor_fisher: bool = False        # scale the pull per weight by its diagonal Fisher information at the anchor
     # forgetting control 3: distil the head's own past outputs on replayed entries (dark experience replay)
     distill_weight: float = 0.0        # share of the stored probabilities in a replayed entry's target (0 = labels)
     distill_top: int = 3               # keep the k most probable classes of a stored distribution (rows per entry)
     # teacher anchor set (set_teacher_anchors): fixed embeddings with a teacher's probabilities, never evicted
     teacher_mix: int = 4               # anchor rows mixed into every update, rotating through the set
-    fit_anchors: int = 0               # EXPERIMENT
-    distill_new: bool = True           # EXPERIMENT
     # uncertainty
     coverage: float = 0.9              # split-conformal coverage level
     calib_size: int = 500              # FIFO calibration buffer capacity
@@ -147,7 +144,6 @@ class OnlineHead:
         self.replay = ReplayBuffer(c.replay_size, self.dim, len(self.classes), c.replay_policy, seed=c.seed + 1)
         self.calib = CalibrationBuffer(c.calib_size, self.dim)
         self.anchor: list[np.ndarray] | None = None
-        self.anchor_pull: list[np.ndarray] | None = None  # per-weight pull factors (anchor_fisher), else None
         self.teacher: TeacherAnchors | None = None
         self.counters = _Counters()
         self._head_cache: Head | None = None
@@ -210,9 +206,6 @@ class OnlineHead:
         T = np.eye(len(self.classes), dtype=np.float32)[yi]
         P = self._mlp_proba(X)
         self.replay.add_many(X, T, P=P)
-        if self.config.fit_anchors > 0:  # EXPERIMENT
-            idx = self.rng.choice(len(X), size=min(len(X), self.config.fit_anchors), replace=False)
-            self.set_teacher_anchors(X[idx], P[idx])
         self.counters.trained_samples += len(X)
         self.set_anchor()
         self._after_update(force_recalibrate=True)
@@ -323,12 +316,6 @@ class OnlineHead:
         """Make the current weights the anchor that anchor_strength pulls toward (e.g. at a session start)."""
         self._require_fitted()
         self.anchor = [w.copy() for w in self.mlp.coefs_ + self.mlp.intercepts_]
-        self.anchor_pull = None
-        if self.config.anchor_fisher and len(self.replay):
-            F = self._fisher(self.replay.X[: len(self.replay)], self.replay.T[: len(self.replay)])
-            mean = float(np.mean(np.concatenate([f.ravel() for f in F]))) or 1.0
-            a = self.config.anchor_strength
-            self.anchor_pull = [np.minimum(np.float32(1.0), (a * f / mean)).astype(np.float32) for f in F]
 
     def set_teacher_anchors(self, X, P, weight: float = 1.0) -> None:
         """Keep fixed anchor embeddings X (N, D) with a teacher's class probabilities P (N, C) (e.g. the pretrained
@@ -432,8 +419,7 @@ class OnlineHead:
         cfg = state.pop("config")
         obj.__dict__.update(state)
         obj.config = OnlineHeadConfig(**cfg)
-        obj.__dict__.setdefault("anchor_pull", None)  # state files written before these existed
-        obj.__dict__.setdefault("teacher", None)
+        obj.__dict__.setdefault("teacher", None)  # state files written before teacher anchors existed
         obj._head_cache = None
         return obj
 
@@ -470,7 +456,7 @@ class OnlineHead:
             _step(mlp, rx, ry, rw, self.class_indices)
             self.mlp = mlp
             self._pull_to_anchor()
-            P = self._mlp_proba(Xn) if c.distill_weight > 0 and c.distill_new else None
+            P = self._mlp_proba(Xn) if c.distill_weight > 0 else None
             for i in range(len(Xn)):
                 self.replay.add(Xn[i], Tn[i], float(wn[i]), None if P is None else P[i])
         self.counters.trained_samples += len(X)
@@ -488,44 +474,19 @@ class OnlineHead:
         a = self.config.anchor_strength
         if a <= 0 or self.anchor is None:
             return
-        params = self.mlp.coefs_ + self.mlp.intercepts_
-        if self.config.anchor_fisher and self.anchor_pull is not None:
-            for p, q, f in zip(params, self.anchor, self.anchor_pull):
-                p -= f * (p - q)
-            return
-        for p, q in zip(params, self.anchor):
+        for p, q in zip(self.mlp.coefs_ + self.mlp.intercepts_, self.anchor):
             p -= np.float32(a) * (p - q)
 
     def _mlp_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities of the MLP's current weights (float32 numpy; no version/head bookkeeping)."""
-        return self._mlp_pass(X)[-1]
-
-    def _mlp_pass(self, X: np.ndarray) -> list[np.ndarray]:
-        acts = [np.asarray(X, dtype=np.float32)]
-        n = len(self.mlp.coefs_)
+        z = np.asarray(X, dtype=np.float32)
+        last = len(self.mlp.coefs_) - 1
         for i, (W, b) in enumerate(zip(self.mlp.coefs_, self.mlp.intercepts_)):
-            z = acts[-1] @ W + b
-            if i < n - 1:
+            z = z @ W + b
+            if i < last:
                 z = _ACT[self.config.activation](z)
-            else:
-                z = np.exp(z - z.max(1, keepdims=True))
-                z /= z.sum(1, keepdims=True)
-            acts.append(z)
-        return acts
-
-    def _fisher(self, X: np.ndarray, T: np.ndarray) -> list[np.ndarray]:
-        """Diagonal empirical Fisher (mean squared per-sample gradient of the cross-entropy against labels T) per
-        weight array, in coefs_ + intercepts_ order: how much each weight matters to the anchor's outputs."""
-        acts = self._mlp_pass(X)
-        delta = acts[-1] - T
-        n = len(X)
-        fc, fi = [], []
-        for i in range(len(self.mlp.coefs_) - 1, -1, -1):
-            fc.append((acts[i] ** 2).T @ (delta ** 2) / n)  # per-sample grads are outer products a_i delta_i^T
-            fi.append((delta ** 2).mean(0))
-            if i > 0:
-                delta = (delta @ self.mlp.coefs_[i].T) * _DACT[self.config.activation](acts[i])
-        return fc[::-1] + fi[::-1]
+        z = np.exp(z - z.max(1, keepdims=True))
+        return z / z.sum(1, keepdims=True)
 
     def _after_update(self, force_recalibrate: bool = False) -> None:
         self.version += 1
@@ -577,14 +538,18 @@ class OnlineHead:
 
 _ACT = {"relu": lambda z: np.maximum(z, 0, out=z), "tanh": np.tanh,
         "logistic": lambda z: 1.0 / (1.0 + np.exp(-z)), "identity": lambda z: z}
-_DACT = {"relu": lambda a: (a > 0).astype(a.dtype), "tanh": lambda a: 1.0 - a ** 2,  # derivative from the output
-         "logistic": lambda a: a * (1.0 - a), "identity": lambda a: np.ones_like(a)}
 
 
 def _step(mlp, X: np.ndarray, y: np.ndarray, w: np.ndarray | None, classes: np.ndarray) -> None:
-    """One partial_fit call = one Adam step on all rows (sklearn would split more than 200 rows into batches)."""
+    """One partial_fit call = one Adam step on all rows (sklearn's "auto" batch splits more than 200 rows)."""
+    if len(X) <= 200:
+        mlp.partial_fit(X, y, sample_weight=w, classes=classes)
+        return
     mlp.batch_size = len(X)
-    mlp.partial_fit(X, y, sample_weight=w, classes=classes)
+    try:
+        mlp.partial_fit(X, y, sample_weight=w, classes=classes)
+    finally:
+        mlp.batch_size = "auto"
 
 
 def _top_k(P: np.ndarray, k: int) -> np.ndarray:
