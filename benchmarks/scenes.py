@@ -1,4 +1,4 @@
-"""Camera-like test frames from real faces: faces composited into 640x480 scenes with ground truth, and face-free frames.
+"""Camera-like test frames from real faces: faces composited into 640x480 scenes with ground truth; face-free frames.
 
 Real faces come from packages (scikit-image's astronaut and lfw_subset, matplotlib's grace_hopper); each is pasted
 with a feathered elliptical mask onto a background (gradients, smooth noise, textures, tiled LFW non-face

@@ -174,7 +174,7 @@ class Letterbox:
 
 
 class BlazeFace:
-    """One BlazeFace model in ai-edge-litert: detect(frame_bgr, rotation) -> [Detection] in frame pixels."""
+    """One BlazeFace model in ai-edge-litert: detect(frame_bgr, rotations) -> [Detection] in frame pixels."""
 
     def __init__(self, model: str = "full", model_path: Optional[str | os.PathLike] = None, threads: int = 1,
                  min_score: Optional[float] = None, iou_threshold: float = 0.3, download: bool = True):

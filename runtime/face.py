@@ -54,7 +54,7 @@ class FaceOptions(BaseModel):
     verify_score: float = Field(default=0.75, ge=0.0, lt=1.0, description="BlazeFace: score the short-range model "
                                 "must give a candidate turned upright and zoomed 2x (0 = no check: then raise "
                                 "min_score to ~0.6)")
-    tiles: bool = Field(default=True, description="BlazeFace: when the whole frame shows no face in any "
+    tiles: bool = Field(default=False, description="BlazeFace: when the whole frame shows no face in any "
                         "orientation, search squares of the frame's shorter side too (smaller faces: 1.33x the "
                         "pixels per face at 4:3; 2 passes per orientation)")
     upright: bool = Field(default=True, description="turn each face upright from its eye line before the "

@@ -202,6 +202,39 @@ def test_pipeline_bad_arguments(bench_bundle, tmp_path, capsys):
     assert "unknown face detector 'hog'" in capsys.readouterr().err
 
 
+# ---- detect -------------------------------------------------------------------------------------------------------
+def test_detect_recall_false_faces_and_timing(blazeface_models, tmp_path):
+    rc = _bench("detect", "--detectors", "blazeface:full,haar", "--photo-scenes", 6, "--lfw-faces", 2,
+                "--lfw-scenes", 2, "--face-free", 6, "--warmup", 1, "--no-peak",
+                "--json", tmp_path / "d.json", "--csv", tmp_path / "d.csv", "--plot", tmp_path / "plots")
+    assert rc == 0
+    rep, csv_rows = _read(tmp_path, "d")
+    assert rep["kind"] == "detect" and [r["key"] for r in rep["rows"]] == ["blazeface:full", "haar"]
+    rows = {r["key"]: r for r in rep["rows"]}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["face_frames"] == 16 and r["empty_frames"] == 6
+        assert 0 <= r["recall_photo"] <= 1 and r["face_p50_ms"] > 0 and 0 <= r["fp_rate"] <= 1
+    assert rows["haar"]["p50_vs_haar"] == pytest.approx(1.0)
+    assert rows["blazeface:full"]["recall_photo"] >= rows["haar"]["recall_photo"]  # Haar misses turned faces
+    assert rows["blazeface:full"]["angle_err_median_deg"] < 15 and rows["haar"]["angle_err_median_deg"] is None
+    by_rot = rep["breakdown"]["recall_by_rotation"]["photo"]
+    assert [t["rotation"] for t in by_rot] == [0, 30, -30, 90, 180, 270] and all(t["n"] == 2 for t in by_rot)
+    assert by_rot[4]["haar"] == 0.0  # Haar's frontal cascade never finds an upside-down face
+    for png in ("detect_recall.png", "detect_latency.png", "detect_example.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 0
+
+
+def test_detect_bad_arguments(capsys):
+    assert _bench("detect", "--detectors", "blazeface:medium") == 2
+    assert "unknown model 'medium'" in capsys.readouterr().err
+    assert _bench("detect", "--detectors", "haar:full") == 2
+    assert "only blazeface takes a model" in capsys.readouterr().err
+    assert _bench("detect", "--detectors", "hog") == 2
+    assert "unknown detector 'hog'; valid: blazeface, haar" in capsys.readouterr().err
+    assert _bench("detect", "--lfw-faces", 101) == 2
+    assert "lfw_subset has 100 faces" in capsys.readouterr().err
+
+
 # ---- online -------------------------------------------------------------------------------------------------------
 def test_online_sections(tmp_path):
     rc = _bench("online", "--sections", "learn_one,updates,broker,forgetting", "--n", 20, "--warmup", 2,
@@ -238,7 +271,7 @@ def test_help_lists_subcommands(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for sub in ("models", "pipeline", "online"):
+    for sub in ("models", "pipeline", "online", "detect"):
         assert sub in out
 
 

@@ -260,3 +260,163 @@ def test_config_and_reconfigure_validation(online_head):
     online_head.reconfigure(coverage=0.5, replay_policy="reservoir")
     assert online_head.replay.policy == "reservoir" and online_head.qhat < q
     assert online_head.to_head().coverage == 0.5
+
+
+# ---- harder skewed-shift stream, distillation on replay, teacher anchors ---------------------------------------------
+def test_skewed_shift_default_keeps_the_old_domain_where_naive_forgets():
+    """Weakly separated classes (start ~0.6), a conflicting infant domain streamed 3 classes first, then all."""
+    from infantino.trainer.online_eval import SKEWED_METHODS, SkewedShift, forgetting_skewed
+
+    sc = SkewedShift(n_train=700, n_cal=300, n_test=600, n_first=300, n_rest=200)
+    r = forgetting_skewed(sc, methods={"naive": SKEWED_METHODS["naive"], "default": {}}, seeds=(0,), epochs=20,
+                          curve_every=250)
+    naive, default = r["summary"]["naive"], r["summary"]["default"]
+    assert 0.5 < naive["adult_before"]["mean"] < 0.7 and naive["infant_before"]["mean"] < 0.4
+    assert naive["adult_drop_points"]["mean"] > 8           # naive partial_fit forgets the adult domain...
+    assert default["adult_drop_points"]["mean"] < min(3.0, naive["adult_drop_points"]["mean"] / 3)  # ...the default not
+    assert default["infant_gain_points"]["mean"] > 4         # while it still learns the new domain
+    run = r["runs"][0]["methods"]["default"]
+    assert [c["step"] for c in run["curve"]] == [250, 500]
+    assert 0 < run["after"]["infant_coverage"] <= 1 and run["after"]["infant_set_size"] >= 1
+
+
+def test_phased_stream_holds_only_the_first_classes_first():
+    from infantino.trainer.online_eval import phased_stream_indices
+
+    y = np.arange(700) % 7
+    order = phased_stream_indices(y, [(("happy", "sad", "neutral"), 50), (None, 70)], seed=0)
+    first = {CLASSES[k] for k in y[order[:50]]}
+    assert len(order) == 120 and first == {"happy", "sad", "neutral"} and len(set(y[order[50:]])) == 7
+
+
+def test_replay_entries_store_the_heads_probabilities(online_head, online_domains):
+    inf = online_domains["infant"]
+    n0 = len(online_head.replay)
+    assert np.allclose(online_head.replay.P[:n0].sum(1), 1) and not np.array_equal(online_head.replay.P[:n0],
+                                                                                  online_head.replay.T[:n0])
+    rb = online_head.replay
+    rb.size = 100  # room for the next samples, so they are stored
+    online_head.learn_one(inf.X_train[0], int(inf.y_train[0]), route="train")
+    p = online_head.predict_proba(inf.X_train[0])[0]
+    assert np.allclose(rb.P[100], p, atol=1e-5)           # what the head said right after learning it
+    online_head.reconfigure(distill_weight=0.0)
+    online_head.learn_one(inf.X_train[1], int(inf.y_train[1]), route="train")
+    assert np.array_equal(rb.P[101], rb.T[101])            # without distillation: the target itself
+
+
+def test_threshold_equals_the_float64_computation(online_head, online_domains):
+    """recalibrate() scores in float32 and redoes the scores near the threshold in float64: same qhat."""
+    from infantino.trainer.conformal import nonconformity, weighted_conformal_quantile
+
+    inf = online_domains["infant"]
+    for i in range(60):
+        online_head.learn_one(inf.X_train[i], int(inf.y_train[i]), route="calibration" if i % 3 == 0 else "train")
+        Xc, yc = online_head.calib.data()
+        w = online_head.config.calib_decay ** online_head.calib.ages()
+        ref = weighted_conformal_quantile(nonconformity(online_head.to_head().forward(Xc), yc), w, 0.9)
+        assert abs(online_head.qhat - ref) < 1e-12
+
+
+def test_teacher_anchors_keep_agreement_with_the_teacher(online_base_head, online_domains):
+    """Held-out 'real' faces (a domain the skewed stream never shows): the head keeps agreeing with the teacher
+    (the initial head's probabilities on that domain) more when it holds anchors of that domain."""
+    from infantino.trainer.online_eval import teacher_anchors_effect
+
+    r = teacher_anchors_effect(online_domains, base=online_base_head, weights=(0.0, 3.0))
+    without, with_ = r["weights"][0.0], r["weights"][3.0]
+    assert with_["agreement"] > without["agreement"] + 0.015, r
+    assert with_["infant"] > without["infant"] - 0.02, r      # at no real cost on the new domain
+
+
+def test_teacher_anchors_rotate_persist_and_join_fit(online_head, online_domains, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(10, 64)).astype(np.float32)
+    P = rng.dirichlet(np.ones(7), size=10)
+    online_head.set_teacher_anchors(X, P * 3, weight=2.0)   # rows are normalised
+    t = online_head.teacher
+    assert len(t) == 10 and t.weight == 2.0 and np.allclose(t.P.sum(1), 1)
+    assert sorted(np.concatenate([t.take(4), t.take(4), t.take(2)]).tolist()) == list(range(10))  # one full pass
+    inf = online_domains["infant"]
+    n_seen = online_head.replay.n_seen
+    for i in range(5):
+        online_head.learn_one(inf.X_train[i], int(inf.y_train[i]), route="train")
+    assert online_head.replay.n_seen == n_seen + 5            # anchors never enter the replay buffer
+    online_head.save_dir(tmp_path)
+    loaded = OnlineHead.load(tmp_path)
+    assert np.array_equal(loaded.teacher.X, X) and loaded.teacher.cursor == t.cursor
+    for i in range(5, 15):  # same rotation, RNG and buffers: identical heads
+        for h in (online_head, loaded):
+            h.learn_one(inf.X_train[i], int(inf.y_train[i]))
+    assert loaded.to_head().sha256 == online_head.to_head().sha256
+    # fit mixes them in too: a head fitted with anchors that all say "fear" predicts fear more on them
+    a = online_domains["adult"]
+    fear = np.zeros((10, 7))
+    fear[:, CLASSES.index("fear")] = 1
+    heads = []
+    for anchors in (False, True):
+        h = OnlineHead(OnlineHeadConfig(seed=0))
+        if anchors:
+            h.set_teacher_anchors(X, fear, weight=5.0)
+        heads.append(h.fit(a.X_train[:300], a.y_train[:300], epochs=5))
+    p_fear = [h.predict_proba(X)[:, CLASSES.index("fear")].mean() for h in heads]
+    assert p_fear[1] > p_fear[0] + 0.2
+    online_head.set_teacher_anchors(np.zeros((0, 64)), np.zeros((0, 7)))  # an empty set removes them
+    assert online_head.teacher is None
+
+
+@pytest.mark.parametrize("X, P, weight, match", [
+    (np.zeros((3, 63)), np.full((3, 7), 1 / 7), 1.0, "64 values"),
+    (np.zeros((3, 64)), np.full((3, 6), 1 / 6), 1.0, "shape"),
+    (np.zeros((3, 64)), np.full((2, 7), 1 / 7), 1.0, "shape"),
+    (np.zeros((3, 64)), np.r_[np.full((2, 7), 1 / 7), -np.ones((1, 7))], 1.0, "non-negative"),
+    (np.zeros((3, 64)), np.zeros((3, 7)), 1.0, "not all zero"),
+    (np.zeros((3, 64)), np.full((3, 7), np.nan), 1.0, "finite"),
+    (np.zeros((3, 64)), np.full((3, 7), 1 / 7), 0.0, "weight"),
+])
+def test_bad_teacher_anchors_are_refused(online_head, X, P, weight, match):
+    before = _state(online_head)
+    with pytest.raises(ValueError, match=match):
+        online_head.set_teacher_anchors(X, P, weight=weight)
+    assert online_head.teacher is None and _state(online_head) == before
+
+
+def test_old_state_files_without_teacher_or_stored_probabilities_load(online_head, online_domains, tmp_path):
+    """A head_state.pkl written before teacher anchors and stored probabilities existed still loads and learns."""
+    import pickle
+
+    path = online_head.save(tmp_path / "head_state.pkl")
+    blob = pickle.loads(path.read_bytes())
+    state = blob["state"]
+    del state["teacher"]
+    for k in ("distill_weight", "distill_top", "teacher_mix"):
+        del state["config"][k]
+    replay_state = state["replay"].__dict__
+    del replay_state["P"]
+    path.write_bytes(pickle.dumps(blob))
+    loaded = OnlineHead.load(path)
+    assert loaded.teacher is None and np.array_equal(loaded.replay.P, loaded.replay.T)
+    assert loaded.to_head().sha256 == online_head.to_head().sha256
+    inf = online_domains["infant"]
+    assert loaded.learn_one(inf.X_train[0], int(inf.y_train[0]), route="train") == "trained"
+
+
+def test_new_settings_are_validated():
+    for kwargs, match in (({"distill_weight": 1.5}, "distill_weight"), ({"distill_top": 0}, "distill_top"),
+                          ({"teacher_mix": -1}, "teacher_mix")):
+        with pytest.raises(ValueError, match=match):
+            OnlineHeadConfig(**kwargs)
+
+
+def test_replay_improve_keeps_the_best_output_on_each_entry():
+    from infantino.trainer.replay import ReplayBuffer
+
+    eye = np.eye(7, dtype=np.float32)
+    b = ReplayBuffer(4, 64, 7, seed=0)
+    stored = np.full((4, 7), 0.1, np.float32)
+    stored[np.arange(4), np.arange(4)] = 0.4
+    b.add_many(np.zeros((4, 64), np.float32), eye[:4], P=stored)
+    s = b.sample(4)
+    new = np.tile(np.float32(1 / 7), (4, 7))
+    new[s.idx == 0, 0] = 0.9                     # entry 0: the head is now surer of its class -> replaced
+    b.improve(s.idx, new)
+    assert b.P[0, 0] == pytest.approx(0.9) and np.allclose(b.P[1:], stored[1:])  # the others got worse: kept

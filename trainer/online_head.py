@@ -1,10 +1,13 @@
 """The online head: scikit-learn MLPClassifier on 64-d embeddings, learning from single labelled samples.
 
-Each update is ONE partial_fit call on [new sample + replay_mix samples from a latent replay buffer]
-(partial_fit costs about the same for 1 or 33 rows, see MACHINE-FACTS), optionally followed by a pull of the
-weights toward an anchor head (weight-space regularisation). A fraction of the streamed samples is held out in a
-FIFO calibration buffer; after every update the split-conformal threshold is recomputed on it, so each head
-version carries the threshold of its own weights. The MLP trains in float32: its weights ARE the runtime Head's
+Each update is ONE partial_fit call on [new sample + replay_mix samples from a latent replay buffer (+ a few
+teacher anchors)] (partial_fit costs about the same for 1 or 100 rows, see MACHINE-FACTS), followed by a pull of
+the weights toward an anchor head (weight-space regularisation). Replayed entries are learned against a mix of
+their label and the head's own probabilities stored with them (dark experience replay; a stored output is
+replaced when the head later does better on the entry's class); soft targets enter partial_fit as one weighted
+row per class (labels.expand_targets). A fraction of the streamed
+samples is held out in a FIFO calibration buffer; after every update the split-conformal threshold is recomputed
+on it, so each head version carries the threshold of its own weights. The MLP trains in float32: its weights ARE the runtime Head's
 float32 weights, so to_head() is exact and the numpy forward pass equals predict_proba on float64 input.
 
 State files (head_state.pkl) are pickles: load only files you wrote or trust (pickle runs code on load).
@@ -24,7 +27,7 @@ import numpy as np
 from infantino.runtime.atomic import atomic_write_bytes
 from infantino.runtime.classes import CLASSES, EMBEDDING_DIM
 from infantino.runtime.errors import HeadError, InfantinoError
-from infantino.runtime.head import ACTIVATIONS, Head, HeadPrediction
+from infantino.runtime.head import ACTIVATIONS, Head, HeadPrediction, _activate
 
 from .conformal import (CalibrationBuffer, check_coverage_level, conformal_quantile, nonconformity,
                         weighted_conformal_quantile)
@@ -59,7 +62,7 @@ class OnlineHeadConfig:
     # forgetting control 2: pull toward the anchor head after each update, w -= anchor_strength * (w - w_anchor)
     anchor_strength: float = 0.01      # 0 = off; the anchor is the head after fit() (or set_anchor())
     # forgetting control 3: distil the head's own past outputs on replayed entries (dark experience replay)
-    distill_weight: float = 0.0        # share of the stored probabilities in a replayed entry's target (0 = labels)
+    distill_weight: float = 0.8        # share of the stored probabilities in a replayed entry's target (0 = labels)
     distill_top: int = 3               # keep the k most probable classes of a stored distribution (rows per entry)
     # teacher anchor set (set_teacher_anchors): fixed embeddings with a teacher's probabilities, never evicted
     teacher_mix: int = 4               # anchor rows mixed into every update, rotating through the set
@@ -161,8 +164,9 @@ class OnlineHead:
     def fit(self, X, y, epochs: int = 20, progress: bool = False) -> "OnlineHead":
         """Initial training on many embeddings: `epochs` shuffled passes of partial_fit mini-batches.
 
-        Every sample is also offered to the replay buffer (so later updates rehearse this domain), and the
-        resulting weights become the anchor of the optional weight-space regularisation.
+        Every mini-batch also takes `teacher_mix` teacher anchors if set. Every sample is offered to the replay
+        buffer with the fitted head's probabilities (so later updates rehearse this domain and distil these
+        outputs), and the resulting weights become the anchor of the weight-space pull.
         """
         X = self._check_embeddings(X)
         yi = np.array([label_index(v, self.classes) for v in _as_list(y)], dtype=np.int64)
@@ -192,9 +196,9 @@ class OnlineHead:
                 for s in range(0, len(X), bs):
                     b = order[s:s + bs]
                     if self.teacher is not None and self.config.teacher_mix > 0:
-                        rx, ry, rw = self._teacher_rows(np.ones(len(b), np.float32))
-                        rx, ry = np.concatenate([X[b], rx]), np.concatenate([yi[b], ry])
-                        _step(mlp, rx, ry, np.concatenate([np.ones(len(b), np.float32), rw]), self.class_indices)
+                        tx, ty, tw = self._teacher_rows()
+                        _step(mlp, np.concatenate([X[b], tx]), np.concatenate([yi[b], ty]),
+                              np.concatenate([np.ones(len(b), np.float32), tw]), self.class_indices)
                     else:
                         _step(mlp, X[b], yi[b], None, self.class_indices)
                 if bar:
@@ -338,17 +342,27 @@ class OnlineHead:
         self.teacher = TeacherAnchors(X, P.astype(np.float32), weight, seed=self.config.seed + 2)
 
     def recalibrate(self) -> float | None:
-        """Recompute qhat for the current weights from the calibration buffer (None if it is empty)."""
+        """Recompute qhat for the current weights from the calibration buffer (None if it is empty).
+
+        Scores come from a float32 forward pass; the few within 1e-4 of the threshold are then recomputed in
+        float64 (the device's arithmetic), which gives the float64 threshold (to rounding) at a fraction of the cost.
+        """
         if not self.is_fitted or len(self.calib) == 0:
             self.qhat = None
             return None
         Xc, yc = self.calib.data()
-        scores = nonconformity(self._forward(Xc), yc)
-        if self.config.calib_decay < 1.0:
-            w = self.config.calib_decay ** self.calib.ages().astype(np.float64)
-            self.qhat = weighted_conformal_quantile(scores, w, self.config.coverage)
-        else:
-            self.qhat = conformal_quantile(scores, self.config.coverage)
+        c = self.config
+        w = c.calib_decay ** self.calib.ages().astype(np.float64) if c.calib_decay < 1.0 else None
+
+        def quantile(scores: np.ndarray) -> float:
+            if w is None:
+                return conformal_quantile(scores, c.coverage)
+            return weighted_conformal_quantile(scores, w, c.coverage)
+
+        scores = nonconformity(self._mlp_proba(Xc), yc)
+        near = np.abs(scores - quantile(scores)) < 1e-4  # float32 errors are ~1e-7: far scores keep their order
+        scores[near] = nonconformity(self._mlp_proba(Xc[near], np.float64), yc[near])
+        self.qhat = quantile(scores)
         return self.qhat
 
     # ---- inference --------------------------------------------------------------------------------
@@ -444,6 +458,7 @@ class OnlineHead:
         for s in range(0, len(X), chunk):
             Xn, Tn, wn = X[s:s + chunk], T[s:s + chunk], w[s:s + chunk]
             parts = [expand_targets(Xn, Tn, wn)]
+            r = None
             if c.replay_mix > 0 and len(self.replay):
                 r = self.replay.sample(c.replay_mix)
                 Tr = r.T
@@ -451,11 +466,13 @@ class OnlineHead:
                     Tr = (1.0 - c.distill_weight) * r.T + c.distill_weight * _top_k(r.P, c.distill_top)
                 parts.append(expand_targets(r.X, Tr, r.w * np.float32(c.replay_weight)))
             if self.teacher is not None and c.teacher_mix > 0:
-                parts.append(self._teacher_rows(wn))
+                parts.append(self._teacher_rows())
             rx, ry, rw = (np.concatenate(v) for v in zip(*parts)) if len(parts) > 1 else parts[0]
             _step(mlp, rx, ry, rw, self.class_indices)
             self.mlp = mlp
             self._pull_to_anchor()
+            if r is not None and c.distill_weight > 0:
+                self.replay.improve(r.idx, self._mlp_proba(r.X))
             P = self._mlp_proba(Xn) if c.distill_weight > 0 else None
             for i in range(len(Xn)):
                 self.replay.add(Xn[i], Tn[i], float(wn[i]), None if P is None else P[i])
@@ -463,8 +480,8 @@ class OnlineHead:
         if bump:
             self._after_update()
 
-    def _teacher_rows(self, wn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The next teacher_mix anchors of the rotation as soft-target rows (weights: the set's weight)."""
+    def _teacher_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The next teacher_mix anchors of the rotation as soft-target rows (top distill_top classes, set's weight)."""
         t = self.teacher
         idx = t.take(self.config.teacher_mix)
         P = _top_k(t.P[idx], self.config.distill_top)
@@ -477,16 +494,23 @@ class OnlineHead:
         for p, q in zip(self.mlp.coefs_ + self.mlp.intercepts_, self.anchor):
             p -= np.float32(a) * (p - q)
 
-    def _mlp_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities of the MLP's current weights (float32 numpy; no version/head bookkeeping)."""
-        z = np.asarray(X, dtype=np.float32)
+    def _mlp_proba(self, X: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """Class probabilities of the MLP's current weights without building a Head. In float64 these are the
+        runtime's Head.forward operations; float32 is cheaper. Rows go in blocks of 128: from ~200 rows OpenBLAS
+        starts threads, which cost up to 8 ms a call when the cores are busy (measured)."""
+        X = np.asarray(X, dtype=dtype)
+        if len(X) > _BLOCK:
+            return np.concatenate([self._mlp_proba(X[s:s + _BLOCK], dtype) for s in range(0, len(X), _BLOCK)])
+        z = X
         last = len(self.mlp.coefs_) - 1
         for i, (W, b) in enumerate(zip(self.mlp.coefs_, self.mlp.intercepts_)):
-            z = z @ W + b
+            z = z @ W.astype(dtype, copy=False) + b.astype(dtype, copy=False)
             if i < last:
-                z = _ACT[self.config.activation](z)
-        z = np.exp(z - z.max(1, keepdims=True))
-        return z / z.sum(1, keepdims=True)
+                z = _activate(z, self.config.activation)
+        z = z - z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z
 
     def _after_update(self, force_recalibrate: bool = False) -> None:
         self.version += 1
@@ -536,8 +560,7 @@ class OnlineHead:
                 f"qhat={self.qhat})")
 
 
-_ACT = {"relu": lambda z: np.maximum(z, 0, out=z), "tanh": np.tanh,
-        "logistic": lambda z: 1.0 / (1.0 + np.exp(-z)), "identity": lambda z: z}
+_BLOCK = 128  # rows per matrix product in _mlp_proba (below OpenBLAS's threading threshold)
 
 
 def _step(mlp, X: np.ndarray, y: np.ndarray, w: np.ndarray | None, classes: np.ndarray) -> None:

@@ -19,19 +19,22 @@ REPLAY_POLICIES = ("class_balanced", "reservoir")
 
 @dataclass
 class ReplaySample:
-    """A draw from the buffer: embeddings (k, D), targets (k, C), weights (k,), head probabilities when stored (k, C)."""
+    """A draw from the buffer: embeddings (k, D), targets (k, C), weights (k,), stored head probabilities (k, C)
+    and the entries' positions (k,) for improve()."""
 
     X: np.ndarray
     T: np.ndarray
     w: np.ndarray
-    P: np.ndarray | None = None
+    P: np.ndarray
+    idx: np.ndarray
 
 
 class ReplayBuffer:
     """Bounded buffer of (embedding, target vector, weight, head probabilities); class = argmax of the target.
 
     The head's probabilities when an entry was stored (P) let updates distil the head's past outputs on replayed
-    entries (dark experience replay, Buzzega et al. 2020); an entry stored without them keeps its target as P.
+    entries (dark experience replay, Buzzega et al. 2020); improve() upgrades them when the head does better on an
+    entry (like X-DER's memory update, Boschini et al. 2022). An entry stored without them keeps its target as P.
     """
 
     def __init__(self, capacity: int, dim: int, n_classes: int, policy: str = "class_balanced", seed: int = 0):
@@ -101,9 +104,20 @@ class ReplayBuffer:
         """k distinct entries drawn uniformly (fewer if the buffer holds fewer)."""
         k = min(int(k), self.size)
         if k <= 0:
-            return ReplaySample(self.X[:0], self.T[:0], self.w[:0], self.P[:0])
+            return ReplaySample(self.X[:0], self.T[:0], self.w[:0], self.P[:0], np.zeros(0, dtype=np.int64))
         idx = self.rng.choice(self.size, size=k, replace=False) if k < self.size else np.arange(self.size)
-        return ReplaySample(self.X[idx], self.T[idx], self.w[idx], self.P[idx])
+        return ReplaySample(self.X[idx], self.T[idx], self.w[idx], self.P[idx], idx)
+
+    def improve(self, idx: np.ndarray, P: np.ndarray) -> None:
+        """Replace the stored probabilities of entries idx by P where P gives their class more probability.
+
+        The distillation target of an entry is then the best output the head has had on it: a regression
+        (forgetting) is pulled back, while an early, unsure output does not hold back later learning.
+        """
+        rows = np.arange(len(idx))
+        c = self.cls[idx]
+        better = P[rows, c] > self.P[idx, c]
+        self.P[idx[better]] = P[better]
 
     def _put(self, j: int, x, t, w, c, p=None) -> None:
         self.X[j] = x

@@ -6,7 +6,10 @@ Sections (each one reports its own failure and the others go on):
               apply time (parse + Ed25519 verify + checks + sha256)
   broker      sample -> applied latency over a real MQTT broker (the device part's loop benchmark), p50/p95/p99
   forgetting  old-domain (adult) and new-domain (infant) accuracy along an uneven infant stream: naive
-              partial_fit vs replay (vs replay + anchor): the forgetting curve
+              partial_fit vs replay (vs replay + anchor, vs the default with distillation): the forgetting curve
+  skewed      the harder Gaussian scenario (trainer.online_eval.SkewedShift: adult start ~0.6, a conflicting
+              infant domain streamed 3 classes first, then all): adult drop / infant gain, coverage and set
+              sizes of naive, replay, replay + anchor and the default, over --skewed-seeds
 Embeddings come from trainer.online_eval: a Gaussian mixture with a shifted "infant" domain (fast) or adult and
 infant faces of the generator through a fixed CNN (--source synth, by default the pretrained FER-2013
 mini-Xception).
@@ -27,7 +30,7 @@ from .. import report as rpt
 log = logging.getLogger(__name__)
 
 HELP = "online head: learn_one time, delta size/apply time, broker sample->applied latency, forgetting curve"
-SECTIONS = ("learn_one", "updates", "broker", "forgetting")
+SECTIONS = ("learn_one", "updates", "broker", "forgetting", "skewed")
 CSV_COLUMNS = ("key", "section", "status", "reason", "value", "unit", "n")
 TABLE_COLUMNS = (("key", "measure", ""), ("status", "status", ""), ("value", "value", ".4g"), ("unit", "unit", ""),
                  ("n", "n", ""))
@@ -50,6 +53,11 @@ def add_arguments(p) -> None:
                    help="infant samples streamed in the forgetting scenario (default 600)")
     p.add_argument("--curve-every", type=common.positive_int, default=50,
                    help="points of the forgetting curve every N samples (default 50)")
+    p.add_argument("--skewed-seeds", type=_seed_list, default=[0],
+                   help="seeds of the skewed section, comma list (default 0; the docs use 0,1,2)")
+    p.add_argument("--skewed-scale", type=_scale, default=1.0,
+                   help="scale of the skewed scenario's sizes (1 = 1,400 adult training faces and a 1,000 + 500 "
+                        "stream, ~1 min per seed; smaller for a quick check)")
     p.add_argument("--broker", default=None, metavar="HOST:PORT|local",
                    help="MQTT broker for the loop latency: HOST:PORT, or 'local' to start Mosquitto on a free "
                         "loopback port (default: section skipped)")
@@ -57,6 +65,24 @@ def add_arguments(p) -> None:
                    help="dtype of the deltas the trainer service publishes in the broker loop (default float32)")
     p.add_argument("--warmup", type=common.non_negative_int, default=20, help="untimed learn_one calls (default 20)")
     common.add_output_arguments(p)
+
+
+def _seed_list(text: str) -> list[int]:
+    from infantino.trainer.online_eval import _seed_list as parse
+
+    return parse(text)
+
+
+def _scale(text: str) -> float:
+    import argparse
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.05 <= v <= 10:
+        raise argparse.ArgumentTypeError(f"must be between 0.05 and 10, got {v}")
+    return v
 
 
 def _pct(values_ms) -> dict:
@@ -159,6 +185,19 @@ def section_forgetting(args, cache) -> dict:
                       seed=args.seed, curve_every=args.curve_every)
 
 
+def section_skewed(args, cache) -> dict:
+    """forgetting_skewed on the SkewedShift scenario (sizes scaled by --skewed-scale), over --skewed-seeds."""
+    from dataclasses import replace
+
+    from infantino.trainer.online_eval import SkewedShift, forgetting_skewed
+
+    sc = SkewedShift()
+    k = args.skewed_scale
+    sc = replace(sc, **{f: max(50, int(round(getattr(sc, f) * k)))
+                        for f in ("n_train", "n_cal", "n_test", "n_first", "n_rest")})
+    return forgetting_skewed(sc, seeds=args.skewed_seeds, curve_every=max(1, (sc.n_first + sc.n_rest) // 15))
+
+
 class SectionSkipped(Exception):
     """A section that was not asked for in a way that can run (e.g. no broker): its row says why."""
 
@@ -168,7 +207,7 @@ class SectionFailed(Exception):
 
 
 RUNNERS = {"learn_one": section_learn_one, "updates": section_updates, "broker": section_broker,
-           "forgetting": section_forgetting}
+           "forgetting": section_forgetting, "skewed": section_skewed}
 
 
 # ---- rows ------------------------------------------------------------------------------------------------------
@@ -209,6 +248,15 @@ def rows_for(name: str, res: dict) -> list[dict]:
             out.append(row(f"{method}.infant_before", m["before"]["infant"], "acc", res["n_stream"]))
             out.append(row(f"{method}.infant_after", m["after"]["infant"], "acc", res["n_stream"]))
             out.append(row(f"{method}.adult_drop", m["adult_drop_points"], "points", res["n_stream"]))
+    elif name == "skewed":
+        n = len(res["seeds"])
+        for method, m in res["summary"].items():
+            for k, unit in (("adult_before", "acc"), ("adult_after", "acc"), ("infant_before", "acc"),
+                            ("infant_after", "acc"), ("adult_drop_points", "points"), ("infant_gain_points", "points"),
+                            ("adult_coverage", "coverage"), ("infant_coverage", "coverage"),
+                            ("adult_set_size", "classes"), ("infant_set_size", "classes")):
+                out.append(row(f"{method}.{k.replace('_points', '')}", m[k]["mean"], unit, n))
+            out.append(row(f"{method}.meets_goal", int(m["meets_goal"]), "bool", n))
     return out
 
 
@@ -241,7 +289,7 @@ def run(args) -> int:
         log.info("section %s: %.1f s", name, time.perf_counter() - t0)
     machine["load_average_end"] = load_average()
     config = {"sections": sections, "source": args.source, "seed": args.seed, "n": args.n, "updates": args.updates,
-              "stream": args.stream, "broker": args.broker, "delta_dtype": args.delta_dtype,
+              "stream": args.stream, "skewed_seeds": args.skewed_seeds, "skewed_scale": args.skewed_scale, "broker": args.broker, "delta_dtype": args.delta_dtype,
               "feature_map": args.feature_map if args.source == "synth" else None}
     summary = {r["key"]: r["value"] for r in rows if r["status"] == "ok" and isinstance(r.get("value"), (int, float))}
     report = rpt.make_report("online", machine, config, rows, sections=details, summary=summary)
@@ -264,4 +312,11 @@ def _plots(report: dict, out: Path) -> list[Path]:
         files.append(rpt.plot_lines(series, out / "online_forgetting.png",
                                     f"forgetting curve: {f['n_stream']} infant samples of {f['stream_classes']}",
                                     "streamed samples", "accuracy"))
+    sk = (report.get("sections") or {}).get("skewed")
+    if sk:
+        from infantino.trainer.online_eval import plot_skewed
+
+        path = out / "online_skewed.png"
+        plot_skewed(sk, path)
+        files.append(path)
     return files

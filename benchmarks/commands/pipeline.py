@@ -52,7 +52,10 @@ def add_arguments(p) -> None:
                    help="frames run through every pipeline before timing (default 5)")
     p.add_argument("--threads", type=common.positive_int, default=None,
                    help="CPU threads per backend (default: the cores this process may use)")
-    p.add_argument("--detector", default="haar", help="face detector: haar (default) or full_frame")
+    p.add_argument("--detector", default=None,
+                   help="face detector: blazeface (the runtime's default), haar or full_frame")
+    p.add_argument("--detector-model", choices=("full", "short"), default=None,
+                   help="BlazeFace search model (default: FaceOptions' default, full)")
     p.add_argument("--detect-max-side", type=common.positive_int, default=None, metavar="PX",
                    help="downscale frames whose longer side exceeds PX before detection")
     p.add_argument("--all-faces", action="store_true", help="classify every face (default: the largest only)")
@@ -102,8 +105,9 @@ def run(args) -> int:
 
     from ..machine import describe, load_average
 
-    face = FaceOptions(detector=args.detector, detect_max_side=args.detect_max_side,
-                       largest_only=not args.all_faces)
+    chosen = {k: v for k, v in (("detector", args.detector), ("model", args.detector_model)) if v is not None}
+    face = FaceOptions(detect_max_side=args.detect_max_side, largest_only=not args.all_faces, **chosen)
+    args.detector = face.detector
     create_detector(face)  # unknown detector names fail here, before anything is measured
     source = open_source(args.video, loop=True)  # a short clip loops: enough frames for the budget
     machine = describe(threads=threads, peak=not args.no_peak)
