@@ -110,13 +110,10 @@ def measure(bundle, specs: list[tuple[str, Optional[str]]], head=None, detector:
 
 def _frame_crop(pipe, frame):
     """The largest face's crop as the pipeline feeds it (upright when the detector gives an angle), or None."""
-    from infantino.runtime.face import crop_face, upright_crop
+    from infantino.runtime.face import face_crop
 
     boxes = pipe.detector.detect(frame)
-    if not boxes:
-        return None
-    b, margin = boxes[0], pipe.face_options.margin
-    return (upright_crop(frame, b, margin) if b.angle is not None else crop_face(frame, b, margin))[0]
+    return face_crop(frame, boxes[0], pipe.face_options)[0] if boxes else None
 
 
 def _scene_figures(pipe, frames, sources, progress: bool) -> dict:

@@ -143,6 +143,14 @@ def upright_crop(frame: np.ndarray, box: Box, margin: float = 0.0) -> tuple[np.n
     return crop, b
 
 
+def face_crop(frame: np.ndarray, box: Box, options: FaceOptions) -> tuple[np.ndarray, Box]:
+    """(crop, crop_box) as the pipeline feeds the extractor: upright when the box has a roll angle and
+    options.upright, else the axis-aligned box + margin. One place, so every caller crops alike."""
+    if options.upright and box.angle is not None:
+        return upright_crop(frame, box, options.margin)
+    return crop_face(frame, box, options.margin)
+
+
 def _cv2():
     try:
         import cv2

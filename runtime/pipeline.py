@@ -18,7 +18,7 @@ import numpy as np
 from .backends.base import Backend
 from .bundle import Bundle, load_bundle
 from .errors import HeadError
-from .face import Box, FaceDetector, FaceOptions, check_frame, create_detector, crop_face, upright_crop
+from .face import Box, FaceDetector, FaceOptions, check_frame, create_detector, face_crop
 from .head import Head
 from .preprocess import preprocess
 
@@ -136,11 +136,9 @@ class Pipeline:
         if not boxes:
             return FrameResult([], timings, None)
         crops, crop_boxes = [], []
-        turn = self.face_options.upright
         for b in boxes:
             # A box with a roll angle (BlazeFace) is cut out upright; crop_box stays the axis-aligned region.
-            crop = upright_crop if turn and b.angle is not None else crop_face
-            c, cb = crop(frame, b, self.face_options.margin)
+            c, cb = face_crop(frame, b, self.face_options)
             crops.append(c)
             crop_boxes.append(cb)
         return self._classify(crops, boxes, crop_boxes, timings)

