@@ -336,3 +336,49 @@ def test_version_record_survives_a_torn_write(tmp_path):
     (tmp_path / "published.rec").write_bytes(bytes(raw))
     assert VersionRecord(tmp_path / "published.rec").record["version"] == 6
     assert VersionRecord(tmp_path / "missing.rec").record == {}
+
+
+def test_real_face_guard_holds_back_a_regressing_head_version(tmp_path, mosquitto, compiled_bundle, keypair):
+    """A fleet whose bundle's extractor was trained on drawn faces: every candidate head fails the real-face guard,
+    so the service learns but publishes nothing, says so on the retained service status, and with
+    allow_real_face_regression publishes the same versions with their figures."""
+    from fixtures_service import make_online_head_dir
+    from infantino.runtime.bundle import load_bundle
+
+    bundle = load_bundle(compiled_bundle.path, public_key=compiled_bundle.public_key)
+    hidden = tuple(s[1] for s in bundle.head.shapes[0:-2:2])
+    head_dir = make_online_head_dir(tmp_path / "head", extractor_id=bundle.extractor_id, hidden=hidden)
+    fleet = {"name": "nursery", "bundle": str(compiled_bundle.path), "head_state": str(head_dir / "head_state.pkl")}
+    statuses = []
+    watch = MqttLink(mqtt_broker_config(mosquitto), f"status-{time.monotonic_ns()}", clean_start=True).start()
+    assert watch.wait_connected(5)
+    watch.subscribe_and_wait(T.fleet_service_status("nursery"), lambda m: statuses.append(json.loads(m.payload)))
+    pub = sample_publisher(mosquitto)
+    try:
+        for allow, state in ((False, "svc-guarded"), (True, "svc-allowed")):
+            cfg = service_config(tmp_path, mosquitto, head_dir, keypair, state_dir=str(tmp_path / state),
+                                 public_key=str(compiled_bundle.public_key),
+                                 fleets=[{**fleet, "allow_real_face_regression": allow}])
+            svc = UpdateService(cfg).start()
+            try:
+                assert wait_for(lambda: svc.ready)
+                for i in range(10):
+                    pub.publish(T.samples("cam-1"), service_sample(i, extractor_id=bundle.extractor_id,
+                                                                   seed=int(allow)).model_dump_json(), qos=1)
+                assert wait_for(lambda: svc.counters["learned"] == 10)
+                if not allow:
+                    assert wait_for(lambda: len(svc.held_back) >= 1)
+                    assert list(svc.published) == []  # nothing reached the fleet
+                    held = svc.held_back[-1]
+                    assert held.held_back and held.realface_agreement < 0.95
+                    assert wait_for(lambda: statuses and statuses[-1]["real_face_guard"]["held_back"] >= 1)
+                    last = statuses[-1]["real_face_guard"]["last"]
+                    assert last["problems"] and last["baseline"] == pytest.approx(bundle.manifest.real_faces.baseline)
+                else:
+                    assert wait_for(lambda: len(svc.published) >= 1)
+                    assert svc.published[-1].realface_agreement is not None and not svc.held_back
+            finally:
+                svc.stop()
+    finally:
+        pub.stop()
+        watch.stop()
