@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from infantino.runtime.head import Head
+from infantino.runtime.contract.head import Head
 
 log = logging.getLogger(__name__)
 

@@ -211,7 +211,7 @@ def _wait_retained_head(port: int, fleet: str, timeout: float) -> None:
     import threading
 
     from infantino.runtime.mqtt import BrokerConfig, MqttLink
-    from infantino.runtime.topics import Topics
+    from infantino.runtime.contract.topics import Topics
 
     got = threading.Event()
     link = MqttLink(BrokerConfig(host="127.0.0.1", port=port, client_id="demo-watch"), client_id="demo-watch",
@@ -229,7 +229,7 @@ def _wait_retained_head(port: int, fleet: str, timeout: float) -> None:
 
 def _label_of_frame(frame_id: int, labels: np.ndarray, hold: int) -> str:
     """The class shown in camera frame `frame_id` (1-based grab counter; the video loops)."""
-    from infantino.runtime.classes import CLASSES
+    from infantino.runtime.contract.classes import CLASSES
 
     n = len(labels) * hold
     return CLASSES[int(labels[((frame_id - 1) % n) // hold])]
@@ -274,7 +274,7 @@ def _pretrained_infant_accuracy(images, labels) -> float:
     import torch
 
     import infantino.trainer.mini_xception  # noqa: F401  (registers the model)
-    from infantino.runtime.preprocess import PreprocessSpec, preprocess
+    from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
 
     model = timm.create_model("mini_xception", pretrained=True).eval()
     with torch.no_grad():

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from infantino.runtime.errors import BackendUnavailable, InfantinoError
+from infantino.runtime.contract.errors import BackendUnavailable, InfantinoError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infantino.runtime.errors import BackendUnavailable, InfantinoError
+from infantino.runtime.contract.errors import BackendUnavailable, InfantinoError
 
 log = logging.getLogger(__name__)
 

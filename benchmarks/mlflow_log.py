@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from infantino.runtime.errors import BackendUnavailable
+from infantino.runtime.contract.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -117,7 +117,7 @@ def _frame_crop(pipe, frame):
 
 
 def _scene_figures(pipe, frames, sources, progress: bool) -> dict:
-    from infantino.runtime.preprocess import preprocess
+    from infantino.runtime.contract.preprocess import preprocess
     from infantino.trainer.realfaces import CONFIDENT, FER_SPEC, FerTflite
 
     teacher = FerTflite()

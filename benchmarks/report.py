@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from infantino.runtime.atomic import atomic_write_bytes, atomic_write_text
+from infantino.runtime.contract.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError as e:
-        from infantino.runtime.errors import BackendUnavailable
+        from infantino.runtime.contract.errors import BackendUnavailable
 
         raise BackendUnavailable("--plot needs matplotlib: pip install matplotlib") from e
     matplotlib.use("Agg")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.contract.errors import InfantinoError
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-from infantino.runtime.errors import InfantinoError
-from infantino.runtime.preprocess import PreprocessSpec, preprocess
+from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
 
 log = logging.getLogger(__name__)
 

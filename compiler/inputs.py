@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from infantino.runtime.errors import HeadError, InfantinoError
-from infantino.runtime.head import Head
+from infantino.runtime.contract.errors import HeadError, InfantinoError
+from infantino.runtime.contract.head import Head
+from infantino.runtime.contract.layout import EXTRACTOR_FILE, HEAD_FILE
 
 log = logging.getLogger(__name__)
 
-HEAD_FILE = "head.infh"
-EXTRACTOR_FILE = "extractor.pt"
 HEAD_MODEL = "infantino-head"
 _MODELS_URI = re.compile(r"^models:/([^/@]+)(?:@([^/]+)|/(\d+))/?$")
 

@@ -16,9 +16,9 @@ from typing import Optional
 
 import numpy as np
 
-from infantino.runtime.errors import InfantinoError
-from infantino.runtime.head import Head
-from infantino.runtime.manifest import ArtifactInfo, ParityEntry
+from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.head import Head
+from infantino.runtime.contract.manifest import ArtifactInfo, ParityEntry
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from infantino.runtime.errors import InfantinoError, SignatureError
-from infantino.runtime.manifest import (ArtifactInfo, FileEntry, HeadRef, Manifest, ModelInfo, ParityEntry,
-                                       RealFaceEntry, RealFaceReport)
-from infantino.runtime.preprocess import PreprocessSpec, preprocess
+from infantino.runtime.contract.errors import InfantinoError, SignatureError
+from infantino.runtime.contract.layout import HEAD_FILE, MANIFEST_FILE, REFERENCE_FILE
+from infantino.runtime.contract.manifest import (ArtifactInfo, FileEntry, HeadRef, Manifest, ModelInfo,
+                                                 ParityEntry, RealFaceEntry, RealFaceReport)
+from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
 
 from . import parity as parity_mod
 from .bundle_writer import BundleStager, check_out, sha256_file
@@ -37,8 +38,6 @@ from .targets import Target, get_target
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
-HEAD_FILE = "head.infh"
-REFERENCE_FILE = "reference.npz"
 DEFAULT_EXPERIMENT = "infantino-compile"
 _TOOL_DISTS = ("torch", "timm", "onnx", "onnxruntime", "onnxslim", "onnxscript", "litert-torch", "ai-edge-litert",
                "ai-edge-quantizer", "numpy")
@@ -204,7 +203,7 @@ def _is_uri(s: str) -> bool:
 
 
 def _load_key(path: Optional[str]):
-    from infantino.runtime.signing import load_private_key
+    from infantino.runtime.contract.signing import load_private_key
 
     path = path or os.environ.get("INFANTINO_SIGNING_KEY")
     if not path:
@@ -495,8 +494,8 @@ def log_to_mlflow(result: CompileResult, p: CompilePlan) -> str:
             report.write_text(json.dumps([e.model_dump(mode="json") for e in m.parity], indent=2))
             client.log_artifact(rid, str(report))
             if result.bundle_dir is None:
-                (Path(d) / "manifest.json").write_text(m.model_dump_json(indent=2))
-                client.log_artifact(rid, str(Path(d) / "manifest.json"))
+                (Path(d) / MANIFEST_FILE).write_text(m.model_dump_json(indent=2))
+                client.log_artifact(rid, str(Path(d) / MANIFEST_FILE))
         if result.bundle_dir is not None:
             client.log_artifacts(rid, str(result.bundle_dir), "bundle")
         if result.tar_path is not None:

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.contract.errors import InfantinoError
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 
 from infantino.runtime.configfile import short_error
-from infantino.runtime.head import Head
-from infantino.runtime.messages import CommandMessage, FacePrediction, PredictionMessage, SampleMessage, StatusMessage
+from infantino.runtime.contract.head import Head
+from infantino.runtime.contract.messages import (CommandMessage, FacePrediction, PredictionMessage, SampleMessage,
+                                                 StatusMessage)
 from infantino.runtime.mqtt import Message
 
 from .config import DeviceConfig
@@ -47,7 +48,7 @@ class BundleFacts:
     def from_bundle(cls, bundle) -> "BundleFacts":
         import hashlib
 
-        from infantino.runtime.manifest import MANIFEST_FILE
+        from infantino.runtime.contract.manifest import MANIFEST_FILE
 
         m = bundle.manifest
         digest = hashlib.sha256((bundle.root / MANIFEST_FILE).read_bytes()).hexdigest()[:12]
@@ -185,7 +186,7 @@ class DeviceDaemon:
 
     def __init__(self, config: DeviceConfig, pipeline, facts: BundleFacts, source_factory: Callable[[], Iterable],
                  *, update_public_key=None, backend_name: str | None = None):
-        from infantino.runtime.signing import load_public_key
+        from infantino.runtime.contract.signing import load_public_key
 
         self.config = config
         self.pipeline = pipeline

@@ -18,13 +18,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infantino.runtime.atomic import atomic_write_bytes, atomic_write_text, fsync_dir
-from infantino.runtime.errors import HeadError, InfantinoError
-from infantino.runtime.head import Head
+from infantino.runtime.contract.atomic import atomic_write_bytes, atomic_write_text, fsync_dir
+from infantino.runtime.contract.errors import HeadError, InfantinoError
+from infantino.runtime.contract.head import Head
+from infantino.runtime.contract.layout import HEAD_FILE
 
 log = logging.getLogger(__name__)
 
-CURRENT = "head.infh"
+CURRENT = HEAD_FILE
 PREVIOUS = "head.prev.infh"
 JOURNAL = "journal.jsonl"
 STATE = "store.json"

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from infantino.runtime.contract.layout import HEAD_FILE, HEAD_STATE_FILE
+
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +72,7 @@ def _fit_online_head(d: Path, extractor_id: str, hidden, seed: int):
 def payload_and_apply_figures(head, next_head, private_key, public_key, state_dir: Path, reps: int = 200) -> dict:
     """Update sizes and device-side apply/persist times for one realistic update (one learn_one step)."""
     from infantino.device.head_store import HeadStore
-    from infantino.runtime.head_update import apply_update, encode_delta, encode_full
+    from infantino.runtime.contract.head_update import apply_update, encode_delta, encode_full
 
     sizes, apply_ms = {}, {}
     blobs = {"full_f32": encode_full(next_head, private_key)}
@@ -109,11 +111,11 @@ def measure_loop(n: int = 100, *, delta_dtype: str = "float32", hidden=(100,), p
     from infantino.device.broker import MosquittoBroker
     from infantino.device.config import DeviceConfig
     from infantino.device.daemon import BundleFacts, DeviceDaemon
-    from infantino.runtime.classes import CLASSES
+    from infantino.runtime.contract.classes import CLASSES
     from infantino.runtime.configfile import validate_config
-    from infantino.runtime.head import Head
-    from infantino.runtime.messages import SampleMessage
-    from infantino.runtime.signing import generate_keypair, load_private_key, load_public_key
+    from infantino.runtime.contract.head import Head
+    from infantino.runtime.contract.messages import SampleMessage
+    from infantino.runtime.contract.signing import generate_keypair, load_private_key, load_public_key
     from infantino.trainer.service import TrainerServiceConfig
 
     work = Path(workdir or tempfile.mkdtemp(prefix="infantino-loopbench-"))
@@ -122,7 +124,7 @@ def measure_loop(n: int = 100, *, delta_dtype: str = "float32", hidden=(100,), p
     sk, pk = load_private_key(work / "signing.key"), load_public_key(work / "signing.pub")
     ext = "b" * 64
     _fit_online_head(work / "head", ext, hidden, seed)
-    head0 = Head.from_bytes((work / "head" / "head.infh").read_bytes())
+    head0 = Head.from_bytes((work / "head" / HEAD_FILE).read_bytes())
 
     # sizes and apply times for one typical update (one learn_one step from head0)
     probe = _fit_online_head(work / "probe", ext, hidden, seed)
@@ -140,8 +142,8 @@ def measure_loop(n: int = 100, *, delta_dtype: str = "float32", hidden=(100,), p
     bcfg = {"host": broker.host, "port": broker.port, "reconnect_min_s": 0.1, "reconnect_max_s": 1.0}
     # the trainer service runs in its own process, as in production (and off the device's GIL)
     svc_cfg = {
-        "broker": bcfg, "fleets": [{"name": "bench", "initial_head": str(work / "head" / "head.infh"),
-                                    "head_state": str(work / "head" / "head_state.pkl")}],
+        "broker": bcfg, "fleets": [{"name": "bench", "initial_head": str(work / "head" / HEAD_FILE),
+                                    "head_state": str(work / "head" / HEAD_STATE_FILE)}],
         "state_dir": str(work / "svc"), "signing_key": str(work / "signing.key"), "min_interval_ms": 0,
         "delta_dtype": delta_dtype, "mlflow": {"enabled": False},
         "service_id": f"bench-trainer-{uuid.uuid4().hex[:6]}"}

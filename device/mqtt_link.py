@@ -12,9 +12,9 @@ import logging
 import threading
 from typing import Callable
 
-from infantino.runtime.messages import PredictionMessage, SampleMessage, StatusMessage
+from infantino.runtime.contract.messages import PredictionMessage, SampleMessage, StatusMessage
 from infantino.runtime.mqtt import Message, MqttLink, Published
-from infantino.runtime.topics import Topics
+from infantino.runtime.contract.topics import Topics
 
 from .config import DeviceConfig
 

@@ -17,9 +17,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
-from infantino.runtime.errors import UpdateRejected
-from infantino.runtime.head import Head
-from infantino.runtime.head_update import apply_update, parse_update
+from infantino.runtime.contract.errors import UpdateRejected
+from infantino.runtime.contract.head import Head
+from infantino.runtime.contract.head_update import apply_update, parse_update
 
 from .head_store import HeadStore
 
@@ -153,7 +153,7 @@ class OtaApplier:
     def _restore(self, old: Head) -> None:
         prev = self.store.previous
         try:
-            from infantino.runtime.atomic import atomic_write_bytes
+            from infantino.runtime.contract.atomic import atomic_write_bytes
 
             from .head_store import CURRENT
 

@@ -12,10 +12,10 @@ import os
 import threading
 import uuid
 
-from infantino.runtime.errors import InfantinoError
-from infantino.runtime.messages import CommandMessage
+from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.messages import CommandMessage
 from infantino.runtime.mqtt import MqttLink
-from infantino.runtime.topics import Topics
+from infantino.runtime.contract.topics import Topics
 
 from .config import DeviceConfig, load_device_config
 

@@ -3,11 +3,11 @@
 Heavy pieces (backends, OpenCV face detection) load lazily, so `import infantino.runtime` stays cheap.
 """
 
-from .classes import CLASSES, EMBEDDING_DIM, NUM_CLASSES
-from .errors import (BackendUnavailable, BundleError, HeadError, InfantinoError, SignatureError,
-                     UpdateRejected)
-from .head import Head, HeadPrediction
-from .preprocess import PreprocessSpec, preprocess
+from .contract.classes import CLASSES, EMBEDDING_DIM, NUM_CLASSES
+from .contract.errors import (BackendUnavailable, BundleError, HeadError, InfantinoError, SignatureError,
+                              UpdateRejected)
+from .contract.head import Head, HeadPrediction
+from .contract.preprocess import PreprocessSpec, preprocess
 
 __all__ = [
     "CLASSES", "EMBEDDING_DIM", "NUM_CLASSES", "BackendUnavailable", "BundleError", "HeadError",

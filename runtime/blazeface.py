@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import BackendUnavailable, InfantinoError
+from .contract.errors import BackendUnavailable, InfantinoError
 
 log = logging.getLogger(__name__)
 

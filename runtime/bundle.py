@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BundleError, HeadError, SignatureError
-from .head import Head
-from .manifest import MANIFEST_FILE, SIGNATURE_FILE, ArtifactInfo, Manifest
-from .preprocess import PreprocessSpec
+from .contract.errors import BundleError, HeadError, SignatureError
+from .contract.head import Head
+from .contract.manifest import MANIFEST_FILE, SIGNATURE_FILE, ArtifactInfo, Manifest
+from .contract.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Bundle:
 
 def resolve_public_key(public_key: Any = None):
     """A public key object from a key object, PEM bytes, a PEM file path, or $INFANTINO_PUBLIC_KEY."""
-    from .signing import load_public_key
+    from .contract.signing import load_public_key
 
     if public_key is None:
         env = os.environ.get(PUBLIC_KEY_ENV)
@@ -169,7 +169,7 @@ def _verify(root: Path, src: Path, public_key: Any) -> Bundle:
         fail("signature", str(e), SIGNATURE_FILE)
     if len(sig) != 64:
         fail("signature", f"expected a raw 64-byte Ed25519 signature, got {len(sig)} bytes", SIGNATURE_FILE)
-    from .signing import verify
+    from .contract.signing import verify
 
     try:
         verify(key, sig, raw)

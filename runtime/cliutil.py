@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from .errors import InfantinoError
+from .contract.errors import InfantinoError
 
 log = logging.getLogger("infantino")
 

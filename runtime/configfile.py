@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ValidationError, ValidationInfo
 
-from .errors import InfantinoError
+from .contract.errors import InfantinoError
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -20,7 +20,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .errors import BackendUnavailable, InfantinoError
+from .contract.errors import BackendUnavailable, InfantinoError
 
 log = logging.getLogger(__name__)
 

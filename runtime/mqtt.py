@@ -22,7 +22,7 @@ from typing import Callable, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .configfile import ExistingFile
-from .errors import BackendUnavailable, InfantinoError
+from .contract.errors import BackendUnavailable, InfantinoError
 
 log = logging.getLogger(__name__)
 

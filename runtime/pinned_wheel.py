@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
-from .atomic import atomic_write_bytes
+from .contract.atomic import atomic_write_bytes
 from .bundle import sha256_file
-from .errors import WeightsUnavailable
+from .contract.errors import WeightsUnavailable
 
 log = logging.getLogger(__name__)
 

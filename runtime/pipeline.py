@@ -17,10 +17,10 @@ import numpy as np
 
 from .backends.base import Backend
 from .bundle import Bundle, load_bundle
-from .errors import HeadError
+from .contract.errors import HeadError
 from .face import Box, FaceDetector, FaceOptions, check_frame, create_detector, face_crop
-from .head import Head
-from .preprocess import preprocess
+from .contract.head import Head
+from .contract.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class FaceResult:
 
     def to_message(self):
         """The face as the MQTT FacePrediction model."""
-        from .messages import FacePrediction
+        from .contract.messages import FacePrediction
 
         return FacePrediction(box=self.box, label=self.label, probabilities=self.probabilities,
                               entropy=self.entropy, prediction_set=self.prediction_set)

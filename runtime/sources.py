@@ -21,7 +21,7 @@ from typing import Iterator, Optional, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import BackendUnavailable, InfantinoError
+from .contract.errors import BackendUnavailable, InfantinoError
 
 log = logging.getLogger(__name__)
 

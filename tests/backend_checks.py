@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.contract.errors import InfantinoError
 
 # Parity with the PyTorch reference embeddings, by artifact precision.
 MIN_COSINE = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.9}

@@ -33,7 +33,7 @@ _load_part_fixtures()
 @pytest.fixture(scope="session")
 def keypair(tmp_path_factory):
     """An Ed25519 key pair (private_path, public_path, private_key, public_key) for signing in tests."""
-    from infantino.runtime import signing
+    from infantino.runtime.contract import signing
 
     d = tmp_path_factory.mktemp("keys")
     signing.generate_keypair(d / "signing.key", d / "signing.pub")

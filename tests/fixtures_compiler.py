@@ -24,8 +24,8 @@ def compiler_make_model_dir(out: Path, backbone: str = "test_efficientnet", img_
     import torch
     from sklearn.neural_network import MLPClassifier
 
-    from infantino.runtime.head import Head
-    from infantino.runtime.preprocess import preprocess
+    from infantino.runtime.contract.head import Head
+    from infantino.runtime.contract.preprocess import preprocess
     from infantino.trainer.extractor import ExtractorConfig, build_extractor, extractor_id, save_checkpoint
     from infantino.trainer.synth import synth_arrays
 

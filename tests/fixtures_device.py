@@ -12,7 +12,7 @@ def make_head_chain(n: int = 6, extractor_id: str = DEVICE_EXT, seed: int = 0, h
     """Heads v0..v(n-1): one sklearn MLP trained a step further for each version."""
     from sklearn.neural_network import MLPClassifier
 
-    from infantino.runtime.head import Head
+    from infantino.runtime.contract.head import Head
 
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(140, 64)).astype(np.float32)
@@ -34,8 +34,8 @@ def device_heads():
 
 def forge_update(header_changes: dict, arrays, dtype: str, private_key, base_header: dict) -> bytes:
     """A correctly signed update with a hand-made header/payload (to test checks after the signature)."""
-    from infantino.runtime import binfmt
-    from infantino.runtime.signing import sign
+    from infantino.runtime.contract import binfmt
+    from infantino.runtime.contract.signing import sign
 
     payload = binfmt.arrays_to_bytes(arrays, dtype)
     header = dict(base_header)
@@ -47,7 +47,7 @@ def forge_update(header_changes: dict, arrays, dtype: str, private_key, base_hea
 
 
 def update_header(blob: bytes) -> dict:
-    from infantino.runtime.head_update import parse_update
+    from infantino.runtime.contract.head_update import parse_update
 
     return dict(parse_update(blob).header)
 

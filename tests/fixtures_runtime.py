@@ -28,7 +28,7 @@ def _sha(p: Path) -> str:
 
 def runtime_sign_manifest(bundle_dir: Path, manifest: dict, private_key) -> None:
     """Write manifest.json (exact bytes) and manifest.sig for `manifest`, as the compiler does."""
-    from infantino.runtime.signing import sign
+    from infantino.runtime.contract.signing import sign
 
     raw = json.dumps(manifest, indent=2, sort_keys=True).encode()
     (bundle_dir / "manifest.json").write_bytes(raw)
@@ -97,9 +97,9 @@ def runtime_bundle(tmp_path_factory, runtime_model, keypair, real_faces) -> Path
     import torch
     from sklearn.neural_network import MLPClassifier
 
-    from infantino.runtime.classes import CLASSES
-    from infantino.runtime.head import Head
-    from infantino.runtime.preprocess import preprocess
+    from infantino.runtime.contract.classes import CLASSES
+    from infantino.runtime.contract.head import Head
+    from infantino.runtime.contract.preprocess import preprocess
     from infantino.trainer.extractor import extractor_id
 
     model, cfg = runtime_model

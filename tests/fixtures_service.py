@@ -34,8 +34,8 @@ def service_head_dir(tmp_path_factory):
 def service_sample(i: int, device: str = "cam-1", fleet: str = "nursery", extractor_id: str = SERVICE_EXT,
                    sample_id: str | None = None, seed: int = 1):
     """A labelled sample (SampleMessage) with a class-shaped random embedding."""
-    from infantino.runtime.classes import CLASSES
-    from infantino.runtime.messages import SampleMessage
+    from infantino.runtime.contract.classes import CLASSES
+    from infantino.runtime.contract.messages import SampleMessage
 
     rng = np.random.default_rng(seed * 100003 + i)
     k = i % 7

@@ -157,7 +157,7 @@ def test_models_bad_arguments(bench_bundle, tmp_path, capsys, extra, message):
 def test_models_bad_bundle_and_key(bench_bundle, tmp_path, capsys, keypair):
     assert _bench("models", "--bundle", tmp_path / "missing", "--public-key", bench_bundle.public_key) == 2
     assert "no such bundle" in capsys.readouterr().err
-    from infantino.runtime.signing import generate_keypair
+    from infantino.runtime.contract.signing import generate_keypair
 
     generate_keypair(tmp_path / "other.key", tmp_path / "other.pub")
     assert _bench("models", "--bundle", bench_bundle.path, "--public-key", tmp_path / "other.pub",
@@ -308,7 +308,7 @@ def test_fer_tflite_peer_engine(realfaces_weights, realfaces_batch):
     assert p5.shape == (5, 7) and np.allclose(p5.sum(1), 1.0, atol=1e-3)
     p1 = np.concatenate([eng.run(x[i:i + 1]) for i in range(5)])
     assert np.allclose(p1, p5, atol=1e-5)  # batch size does not change the answers
-    from infantino.runtime.head import Head
+    from infantino.runtime.contract.head import Head
 
     # A head that passes the first 7 embedding dims through: parity of the peer against "logits" = its own output
     w0 = np.zeros((64, 7), np.float32)

@@ -12,8 +12,8 @@ import pytest
 
 from infantino.compiler.cli import main as compile_main
 from infantino.runtime.bundle import load_bundle
-from infantino.runtime.errors import BundleError
-from infantino.runtime.manifest import Manifest
+from infantino.runtime.contract.errors import BundleError
+from infantino.runtime.contract.manifest import Manifest
 
 
 # ---- the compiled x64 bundle (fixture compiled_bundle) ------------------------------------------------------
@@ -156,7 +156,7 @@ def test_tampering_with_any_file_fails_verification(compiled_bundle, tmp_path, c
 
 
 def test_verify_refuses_another_key(compiled_bundle, tmp_path):
-    from infantino.runtime.signing import generate_keypair
+    from infantino.runtime.contract.signing import generate_keypair
 
     generate_keypair(tmp_path / "other.key", tmp_path / "other.pub")
     with pytest.raises(BundleError, match="signature"):

@@ -158,7 +158,7 @@ def test_failed_compile_keeps_the_previous_bundle(tmp_path, keypair, compiler_mo
 
 def test_parity_compare_catches_a_wrong_artifact():
     from infantino.compiler.parity import compare
-    from infantino.runtime.head import Head
+    from infantino.runtime.contract.head import Head
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(32, 64)).astype(np.float32)
@@ -231,7 +231,7 @@ def test_jetson_bundle_carries_prepared_onnx_and_build_settings(capsys, tmp_path
 
 def test_tensorrt_build_settings_and_missing_library():
     from infantino.runtime.backends import tensorrt_build as tb
-    from infantino.runtime.errors import BackendUnavailable, InfantinoError
+    from infantino.runtime.contract.errors import BackendUnavailable, InfantinoError
 
     with pytest.raises(InfantinoError, match="1 <= min <= opt <= max"):
         tb.TensorRTSettings(min_batch=2, opt_batch=1, max_batch=4)
@@ -284,8 +284,8 @@ def test_onnx2tf_converter_when_tensorflow_is_installed(tmp_path, keypair, compi
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("int8", marks=pytest.mark.slow)])
 def test_pretrained_mini_xception_gray_64_compiles_and_passes_parity(tmp_path, keypair, precision):
     from infantino.compiler.pipeline import CompileOptions, compile_bundle
-    from infantino.runtime.errors import InfantinoError
-    from infantino.runtime.preprocess import PreprocessSpec
+    from infantino.runtime.contract.errors import InfantinoError
+    from infantino.runtime.contract.preprocess import PreprocessSpec
 
     try:
         model_dir = _mini_xception_dir(tmp_path / "mx")
@@ -308,8 +308,8 @@ def _mini_xception_dir(out: Path) -> Path:
     import torch
     from sklearn.neural_network import MLPClassifier
 
-    from infantino.runtime.head import Head
-    from infantino.runtime.preprocess import PreprocessSpec, preprocess
+    from infantino.runtime.contract.head import Head
+    from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
     from infantino.trainer.extractor import ExtractorConfig, build_extractor, extractor_id, save_checkpoint
     from infantino.trainer.synth import synth_arrays
 
@@ -351,7 +351,7 @@ def test_compile_from_the_model_registry(tmp_path, keypair, compiler_model_dir, 
     import torch
 
     from infantino.compiler.pipeline import CompileOptions, compile_bundle
-    from infantino.runtime.preprocess import preprocess
+    from infantino.runtime.contract.preprocess import preprocess
     from infantino.trainer import tracking
     from infantino.trainer.extractor import extractor_id, load_extractor
     from infantino.trainer.online_head import OnlineHead

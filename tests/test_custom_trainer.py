@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from infantino.runtime.classes import CLASSES
-from infantino.runtime.head import Head
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.head import Head
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def online_infant_npz(tmp_path_factory, trainer_run, online_infant_folder):
     """The infant faces embedded by the trained extractor, as a .npz stream (embeddings, labels)."""
     import torch
 
-    from infantino.runtime.preprocess import preprocess
+    from infantino.runtime.contract.preprocess import preprocess
     from infantino.trainer.data import load_dataset
     from infantino.trainer.extractor import embed_batch, load_extractor
 
@@ -181,7 +181,7 @@ def test_predict_cli(trainer_run, real_faces, tmp_path, capsys):
 def test_predict_refuses_a_head_of_another_extractor(trainer_run, tmp_path):
     import torch
 
-    from infantino.runtime.errors import InfantinoError
+    from infantino.runtime.contract.errors import InfantinoError
     from infantino.trainer.extractor import ExtractorConfig, build_extractor, save_checkpoint
     from infantino.trainer.predictor import Predictor
 

@@ -17,11 +17,11 @@ import yaml
 
 from fixtures_mqtt import mqtt_broker_config
 from fixtures_mqtt import wait_for as _wait_for
-from infantino.runtime import head_update as hu
+from infantino.runtime.contract import head_update as hu
 from infantino.runtime.configfile import ConfigError
-from infantino.runtime.messages import SampleMessage, StatusMessage
+from infantino.runtime.contract.messages import SampleMessage, StatusMessage
 from infantino.runtime.mqtt import MqttLink
-from infantino.runtime.topics import Topics
+from infantino.runtime.contract.topics import Topics
 
 T = Topics()
 CLI = [sys.executable, "-m", "infantino.device.cli"]

@@ -18,11 +18,11 @@ from fixtures_mqtt import wait_for as _wait_for
 from infantino.device.config import DeviceConfig
 from infantino.device.daemon import BundleFacts, DeviceDaemon, FrameSlot
 from infantino.device.remote import CommandFailed, send_command
-from infantino.runtime import head_update as hu
+from infantino.runtime.contract import head_update as hu
 from infantino.runtime.configfile import validate_config
-from infantino.runtime.messages import SampleMessage, StatusMessage
+from infantino.runtime.contract.messages import SampleMessage, StatusMessage
 from infantino.runtime.mqtt import MqttLink
-from infantino.runtime.topics import Topics
+from infantino.runtime.contract.topics import Topics
 
 pytestmark = pytest.mark.mqtt
 T = Topics()
@@ -137,7 +137,7 @@ def test_update_applied_end_to_end_and_reported(tmp_path, mosquitto, heads, keyp
 
 
 def test_bad_updates_are_rejected_reported_and_the_daemon_keeps_running(tmp_path, mosquitto, heads, keypair):
-    from infantino.runtime.signing import generate_keypair, load_private_key
+    from infantino.runtime.contract.signing import generate_keypair, load_private_key
 
     _, _, sk, _ = keypair
     generate_keypair(tmp_path / "o.key", tmp_path / "o.pub")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from infantino.runtime.classes import CLASSES
-from infantino.runtime.errors import InfantinoError
-from infantino.runtime.head import Head
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.head import Head
 from infantino.trainer.data import load_image_folder
 from infantino.trainer.extractor import extractor_id, load_extractor, read_checkpoint
 from infantino.trainer.fit import EarlyStop, FitConfig, embed_images, evaluate, fit
@@ -65,7 +65,7 @@ def test_embeddings_run_in_eval_mode_without_gradients(trainer_run, trainer_held
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # running stats untouched
     net.eval()
     with torch.no_grad():
-        from infantino.runtime.preprocess import preprocess
+        from infantino.runtime.contract.preprocess import preprocess
 
         ref = net(torch.from_numpy(preprocess([held.image(i) for i in range(8)], cfg.spec))).numpy()
     assert np.allclose(a, ref, atol=1e-6)

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from sklearn.neural_network import MLPClassifier
 
-from infantino.runtime import head_update as hu
-from infantino.runtime.errors import HeadError, UpdateRejected
-from infantino.runtime.head import Head
+from infantino.runtime.contract import head_update as hu
+from infantino.runtime.contract.errors import HeadError, UpdateRejected
+from infantino.runtime.contract.head import Head
 
 EXT = "e" * 64
 
@@ -91,7 +91,7 @@ def _reason(fn):
 
 
 def test_every_rejection_reason(heads, keypair, tmp_path):
-    from infantino.runtime import signing
+    from infantino.runtime.contract import signing
 
     base, new = heads
     _, _, sk, pk = keypair

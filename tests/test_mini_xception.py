@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from infantino.runtime.classes import CLASSES
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.errors import InfantinoError
 
 HAPPY = CLASSES.index("happy")
 
@@ -127,7 +127,7 @@ def test_unknown_backbone_and_weights_are_clear_errors(realfaces_weights):
 # ---------------------------------------------------------------------------------------------------------
 def test_embedding_net_starts_at_the_pretrained_model(realfaces_pretrained, realfaces_batch, tmp_path):
     """build_extractor(mini_xception) -> EmbeddingNet whose logits() are EXACTLY the pretrained logits."""
-    from infantino.runtime.preprocess import PreprocessSpec
+    from infantino.runtime.contract.preprocess import PreprocessSpec
     from infantino.trainer import mini_xception as mx
     from infantino.trainer.extractor import (ExtractorConfig, build_extractor, embed_batch, extractor_id,
                                              load_extractor, save_checkpoint)
@@ -236,7 +236,7 @@ def test_short_finetune_on_infant_keeps_astronaut_happy(realfaces_batch, realfac
     assert acc1 > acc0  # it did adapt to the new domain
     assert int(real.argmax()) == HAPPY
     # an MLP head can start exactly at the fine-tuned classifier (the trainer's initial head)
-    from infantino.runtime.head import Head
+    from infantino.runtime.contract.head import Head
     from infantino.trainer.extractor import embed_batch
 
     w = mx.linear_head_weights(net.classifier.weight, net.classifier.bias, hidden=(100,))
@@ -255,7 +255,7 @@ def _synth_infant(synth, n):
 
 
 def _prep(images, spec):
-    from infantino.runtime.preprocess import preprocess
+    from infantino.runtime.contract.preprocess import preprocess
 
     return preprocess(list(images), spec)
 

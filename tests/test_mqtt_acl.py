@@ -15,7 +15,7 @@ import pytest
 
 from infantino.device.broker import MosquittoBroker, find_mosquitto, free_port
 from infantino.runtime.mqtt import BrokerConfig, MqttLink
-from infantino.runtime.topics import Topics
+from infantino.runtime.contract.topics import Topics
 
 pytestmark = pytest.mark.mqtt
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mosquitto"

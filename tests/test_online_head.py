@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infantino.runtime.classes import CLASSES
-from infantino.runtime.head import Head
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.head import Head
 from infantino.trainer.online_head import OnlineHead, OnlineHeadConfig
 
 
@@ -97,7 +97,7 @@ def test_head_versions_extractor_and_file_roundtrip(online_head, online_domains)
 
 
 def test_deltas_between_versions_apply_on_device(online_head, online_domains, keypair):
-    from infantino.runtime.head_update import apply_update, encode_delta, encode_full
+    from infantino.runtime.contract.head_update import apply_update, encode_delta, encode_full
 
     _, _, priv, pub = keypair
     base = online_head.to_head()
@@ -132,7 +132,7 @@ def test_save_load_roundtrip_continues_identically(online_head, online_domains, 
 
 
 def test_load_refuses_other_files(tmp_path):
-    from infantino.runtime.errors import InfantinoError
+    from infantino.runtime.contract.errors import InfantinoError
 
     (tmp_path / "x.pkl").write_bytes(b"not a pickle")
     with pytest.raises(InfantinoError, match="cannot read"):

@@ -15,9 +15,9 @@ import pytest
 from fixtures_device import DEVICE_EXT, forge_update, make_head_chain, update_header
 from infantino.device.head_store import CURRENT, PREVIOUS, HeadStore, StateLocked
 from infantino.device.ota import OtaApplier
-from infantino.runtime import head_update as hu
-from infantino.runtime.errors import HeadError
-from infantino.runtime.head import Head
+from infantino.runtime.contract import head_update as hu
+from infantino.runtime.contract.errors import HeadError
+from infantino.runtime.contract.head import Head
 
 
 class Swapped:
@@ -107,7 +107,7 @@ def _bad_updates(heads, keypair, other_keypair):
 
 
 def test_every_bad_update_is_rejected_with_its_reason_and_the_head_is_unchanged(tmp_path, device_heads, keypair):
-    from infantino.runtime.signing import generate_keypair, load_private_key
+    from infantino.runtime.contract.signing import generate_keypair, load_private_key
 
     _, _, sk, pk = keypair
     generate_keypair(tmp_path / "other.key", tmp_path / "other.pub")
@@ -239,8 +239,8 @@ import sys
 from pathlib import Path
 from infantino.device.head_store import HeadStore
 from infantino.device.ota import OtaApplier
-from infantino.runtime.head import Head
-from infantino.runtime.signing import load_public_key
+from infantino.runtime.contract.head import Head
+from infantino.runtime.contract.signing import load_public_key
 
 state, updates_dir, pub = sys.argv[1], Path(sys.argv[2]), load_public_key(sys.argv[3])
 bundle_head = Head.from_bytes((updates_dir / "bundle.infh").read_bytes())

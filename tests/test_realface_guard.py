@@ -64,7 +64,7 @@ def test_compiler_refuses_a_model_that_fails_the_guard(tmp_path, keypair, compil
 def test_preprocess_gives_canonical_strides_torch_can_train_on():
     """One-channel NCHW batches used to keep the transpose's strides (torch read them as channels_last and its CPU
     backward crashed); the batch is now a fresh C-contiguous array."""
-    from infantino.runtime.preprocess import PreprocessSpec, preprocess
+    from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
 
     x = preprocess([np.zeros((30, 30), np.uint8)] * 2, PreprocessSpec.fer2013(64))
     assert x.strides == (64 * 64 * 4, 64 * 64 * 4, 64 * 4, 4)
@@ -79,7 +79,7 @@ def test_shipped_fit_defaults_keep_their_real_face_figures(tmp_path):
     import torch
 
     import infantino.trainer.mini_xception  # noqa: F401
-    from infantino.runtime.preprocess import PreprocessSpec, preprocess
+    from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
     from infantino.trainer.extractor import load_extractor
     from infantino.trainer.fit import FitConfig, embed_arrays, fit
     from infantino.trainer.online_head import OnlineHead

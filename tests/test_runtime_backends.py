@@ -12,7 +12,7 @@ import pytest
 import backend_checks
 from infantino.runtime.backends import (BackendConfig, UnknownBackend, choose_backend, create_backend,
                                         get_backend_class, list_backends, unavailable_reason)
-from infantino.runtime.errors import BackendUnavailable
+from infantino.runtime.contract.errors import BackendUnavailable
 
 BUNDLES = ["runtime_bundle", "compiled_bundle"]
 

@@ -11,7 +11,7 @@ import pytest
 from fixtures_faces import faces_angle_diff, faces_centre_error
 
 from infantino.runtime import blazeface as bf
-from infantino.runtime.errors import InfantinoError, WeightsUnavailable
+from infantino.runtime.contract.errors import InfantinoError, WeightsUnavailable
 from infantino.runtime.face import FaceOptions, create_detector
 
 FACE_REGIONS = {"astronaut": (160, 50, 290, 190), "grace_hopper": (140, 80, 390, 350)}

@@ -11,7 +11,7 @@ import pytest
 
 from fixtures_runtime import runtime_rehash, runtime_sign_manifest
 from infantino.runtime.bundle import BundleCheckError, load_bundle
-from infantino.runtime.errors import BundleError
+from infantino.runtime.contract.errors import BundleError
 
 
 def _refused(path, pub, check, file=None):
@@ -59,7 +59,7 @@ def test_tampered_manifest_fails_the_signature(runtime_bundle_copy, keypair):
 
 
 def test_other_key_and_bad_signature_file(runtime_bundle_copy, keypair, tmp_path):
-    from infantino.runtime import signing
+    from infantino.runtime.contract import signing
 
     signing.generate_keypair(tmp_path / "o.key", tmp_path / "o.pub")
     _refused(runtime_bundle_copy, tmp_path / "o.pub", "signature", "manifest.json")
@@ -104,7 +104,7 @@ def test_schema_errors_name_the_field(runtime_bundle_copy, keypair, change, fiel
 
 
 def test_signed_invalid_json_fails_schema(runtime_bundle_copy, keypair):
-    from infantino.runtime.signing import sign
+    from infantino.runtime.contract.signing import sign
 
     raw = b"[1, 2"
     (runtime_bundle_copy / "manifest.json").write_bytes(raw)
@@ -120,7 +120,7 @@ def test_path_escaping_the_bundle_is_refused(runtime_bundle_copy, keypair):
 
 
 def test_head_that_does_not_fit_the_manifest(runtime_bundle_copy, keypair):
-    from infantino.runtime.head import Head
+    from infantino.runtime.contract.head import Head
 
     d = runtime_bundle_copy
     head = Head.from_bytes((d / "head.infh").read_bytes())

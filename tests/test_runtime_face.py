@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.contract.errors import InfantinoError
 from infantino.runtime.face import Box, FaceOptions, create_detector, crop_face, list_detectors, upright_crop
 
 DETECTORS = ["haar", "blazeface"]

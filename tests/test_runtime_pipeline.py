@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from infantino.runtime.backends import unavailable_reason
-from infantino.runtime.classes import CLASSES
-from infantino.runtime.errors import HeadError
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.errors import HeadError
 from infantino.runtime.face import Box, FaceOptions, crop_face, upright_crop
 from infantino.runtime.pipeline import STAGES, FaceResult, Pipeline
-from infantino.runtime.preprocess import preprocess
+from infantino.runtime.contract.preprocess import preprocess
 
 
 def _backends(bundle):
@@ -176,7 +176,7 @@ def test_head_swap_under_concurrent_predict_is_atomic_per_frame(runtime_loaded, 
 
 def test_signed_update_applied_and_swapped(runtime_loaded, keypair, real_faces):
     """The device's path: apply a signed delta to the pipeline's head, swap it in, predictions use it."""
-    from infantino.runtime import head_update as hu
+    from infantino.runtime.contract import head_update as hu
 
     base = runtime_loaded.head
     new = _heads(base, 1)[base.version + 1]

@@ -16,9 +16,9 @@ import pytest
 
 from infantino.runtime.backends.base import Backend
 from infantino.runtime.face import FaceOptions
-from infantino.runtime.manifest import Manifest
+from infantino.runtime.contract.manifest import Manifest
 from infantino.runtime.pipeline import Pipeline
-from infantino.runtime.preprocess import PreprocessSpec
+from infantino.runtime.contract.preprocess import PreprocessSpec
 
 
 class RecordingBackend(Backend):
@@ -87,7 +87,7 @@ def test_pipeline_tensors_equal_the_trainers(runtime_loaded, real_faces, backbon
 def test_compiled_reference_inputs_match_runtime_preprocessing(runtime_loaded, runtime_model, real_faces):
     """The bundle's reference inputs (made by the builder with the trainer's spec) are what the runtime makes."""
     from fixtures_runtime import _reference_images
-    from infantino.runtime.preprocess import preprocess
+    from infantino.runtime.contract.preprocess import preprocess
 
     x, _ = runtime_loaded.reference()
     _, cfg = runtime_model

@@ -14,7 +14,7 @@ import pytest
 from infantino.runtime.backends import create_backend, get_backend_class
 from infantino.runtime.backends.tensorrt_backend import PlanCache, PlanKey
 from infantino.runtime.backends.tensorrt_build import plan_cache_name
-from infantino.runtime.errors import BackendUnavailable
+from infantino.runtime.contract.errors import BackendUnavailable
 
 SHA = "ab" * 32
 SETTINGS = {"precision": "fp16", "max_batch": 8}

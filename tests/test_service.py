@@ -22,10 +22,10 @@ from fixtures_service import SERVICE_EXT, service_sample
 from infantino.device.config import DeviceConfig
 from infantino.device.daemon import BundleFacts, DeviceDaemon
 from infantino.runtime.configfile import ConfigError, validate_config
-from infantino.runtime.head import Head
-from infantino.runtime.head_update import parse_update
+from infantino.runtime.contract.head import Head
+from infantino.runtime.contract.head_update import parse_update
 from infantino.runtime.mqtt import MqttLink
-from infantino.runtime.topics import Topics
+from infantino.runtime.contract.topics import Topics
 from infantino.trainer.service import TrainerServiceConfig, UpdateService, load_service_config
 
 pytestmark = pytest.mark.mqtt

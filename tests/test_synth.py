@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from infantino.runtime.classes import CLASSES
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.errors import InfantinoError
 from infantino.trainer import synth
 
 

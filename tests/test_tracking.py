@@ -8,8 +8,8 @@ import uuid
 import numpy as np
 import pytest
 
-from infantino.runtime.errors import InfantinoError
-from infantino.runtime.head import Head
+from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.head import Head
 from infantino.trainer import tracking
 from infantino.trainer.extractor import extractor_id, load_extractor
 

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from infantino.runtime.head import prediction_set_indices
+from infantino.runtime.contract.head import prediction_set_indices
 
 
 def check_coverage_level(coverage: float) -> float:

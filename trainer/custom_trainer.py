@@ -15,6 +15,8 @@ from typing import Iterable
 
 import numpy as np
 
+from infantino.runtime.contract.layout import HEAD_FILE
+
 log = logging.getLogger(__name__)
 
 
@@ -106,7 +108,7 @@ class CustomTrainer:
         if self.tracking_uri or is_mlflow_uri(str(model_uri or "models:")):
             configure_tracking(self.tracking_uri)
         ext_path, head_dir = resolve_model_pair(model_uri, extractor_uri, self.registry_prefix)
-        key = (str(ext_path), str(head_dir), os.path.getmtime(head_dir / "head.infh"))
+        key = (str(ext_path), str(head_dir), os.path.getmtime(head_dir / HEAD_FILE))
         if key not in self._predictors:
             self._predictors = {key: Predictor(ext_path, head_dir)}
         pred = self._predictors[key].predict_image(path if path is not None else image)

@@ -2,7 +2,7 @@
 
 Unreadable images are skipped with a warning naming each file (and counted); unknown class folders, an empty
 class folder or an empty data set are errors. Images are BGR uint8 (colour) or uint8 (H, W) gray, as
-`infantino.runtime.preprocess` takes them. Torch is not needed here.
+`infantino.runtime.contract.preprocess` takes them. Torch is not needed here.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from infantino.runtime.classes import CLASSES
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.errors import InfantinoError
 
 log = logging.getLogger(__name__)
 

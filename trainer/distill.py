@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from infantino.runtime.preprocess import PreprocessSpec, preprocess
+from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
 
 from .augment import AugmentConfig, augment
 from .realface_guard import real_face_split

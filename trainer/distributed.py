@@ -43,7 +43,7 @@ def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            from infantino.runtime.errors import InfantinoError
+            from infantino.runtime.contract.errors import InfantinoError
 
             raise InfantinoError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu")
         if dev.index is None:

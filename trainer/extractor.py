@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from infantino.runtime.classes import CLASSES, EMBEDDING_DIM
-from infantino.runtime.errors import InfantinoError
-from infantino.runtime.preprocess import PreprocessSpec
+from infantino.runtime.contract.classes import CLASSES, EMBEDDING_DIM
+from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def _load_custom_builders() -> None:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: ExtractorConfig, **extra) -> None:
     """Atomically save config + weights (+ optimizer/epoch/metrics given as extra)."""
-    from infantino.runtime.atomic import fsync_dir
+    from infantino.runtime.contract.atomic import fsync_dir
 
     model = getattr(model, "module", model)  # unwrap DDP
     path = Path(path)

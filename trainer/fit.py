@@ -19,10 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from infantino.runtime.atomic import atomic_write_text
-from infantino.runtime.classes import CLASSES
-from infantino.runtime.errors import InfantinoError
-from infantino.runtime.preprocess import PreprocessSpec, preprocess
+from infantino.runtime.contract.atomic import atomic_write_text
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
+from infantino.runtime.contract.layout import (CONFUSION_FILE, EXTRACTOR_FILE, HEAD_FILE,
+                                               HEAD_STATE_FILE, LAST_FILE, METRICS_FILE)
 
 from . import distributed as D
 from .augment import AUGMENT_PRESETS, AugmentConfig, augment
@@ -33,12 +35,6 @@ from .metrics import confusion_matrix, plot_confusion, report
 
 log = logging.getLogger(__name__)
 
-LAST_FILE = "last.pt"
-EXTRACTOR_FILE = "extractor.pt"
-HEAD_STATE_FILE = "head_state.pkl"
-HEAD_FILE = "head.infh"
-METRICS_FILE = "metrics.json"
-CONFUSION_FILE = "confusion.png"
 MONITORS = {"val_f1": "max", "val_acc": "max", "val_loss": "min"}
 
 
@@ -533,7 +529,7 @@ def real_face_metrics(net: nn.Module, spec: PreprocessSpec, head, batch_size: in
 
 def _finish_on_main(cfg, result: FitResult, train_set, val_set, test_set, tracker, device) -> None:
     """Best checkpoint -> embeddings -> OnlineHead (fit + conformal calibration) -> files, metrics, MLflow."""
-    from infantino.runtime.head import Head
+    from infantino.runtime.contract.head import Head
 
     from .online_head import OnlineHead, OnlineHeadConfig
 

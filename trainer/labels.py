@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from infantino.runtime.classes import CLASSES
+from infantino.runtime.contract.classes import CLASSES
 
 AMBIGUITY_RULES = ("soft", "majority")
 

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from infantino.runtime.classes import CLASSES
+from infantino.runtime.contract.classes import CLASSES
 
 
 def confusion_matrix(y_true, y_pred, n_classes: int = len(CLASSES)) -> np.ndarray:
@@ -51,7 +51,7 @@ def plot_confusion(cm: np.ndarray, path: str | os.PathLike, classes: Sequence[st
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    from infantino.runtime.atomic import atomic_write_bytes
+    from infantino.runtime.contract.atomic import atomic_write_bytes
 
     cm = np.asarray(cm)
     rows = cm.sum(axis=1, keepdims=True)

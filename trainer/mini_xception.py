@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infantino.runtime.classes import CLASSES
-from infantino.runtime.errors import InfantinoError
-from infantino.runtime.preprocess import PreprocessSpec
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ def evidence_head_weights(embed_dim: int = 64, hidden=(100,), num_classes: int =
 def evidence_head(extractor_id: str, hidden=(100,), classes=CLASSES, embed_dim: int = 64, seed: int = 0,
                   version: int = 1):
     """A runtime Head equal to the pretrained classifier on a mini_xception embedding (see evidence_head_weights)."""
-    from infantino.runtime.head import Head
+    from infantino.runtime.contract.head import Head
 
     w = evidence_head_weights(embed_dim, hidden, len(classes), seed)
     return Head(weights=tuple(w), version=version, extractor_id=extractor_id, classes=tuple(classes),

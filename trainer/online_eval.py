@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from infantino.runtime.classes import CLASSES, EMBEDDING_DIM
+from infantino.runtime.contract.classes import CLASSES, EMBEDDING_DIM
 
 from .conformal import evaluate_sets
 from .online_head import OnlineHead, OnlineHeadConfig
@@ -112,7 +112,7 @@ def synth_domains(n_train: int = 1400, n_cal: int = 500, n_test: int = 700, seed
     """
     import torch
 
-    from infantino.runtime.preprocess import PreprocessSpec, preprocess
+    from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
 
     from . import synth
     from .extractor import ExtractorConfig, build_extractor, embed_batch, load_extractor
@@ -161,7 +161,7 @@ def save_domains(data: dict[str, DomainData], path: str | os.PathLike) -> None:
     """Cache embeddings (npz) so scenarios can be re-run without re-rendering and re-embedding."""
     import io
 
-    from infantino.runtime.atomic import atomic_write_bytes
+    from infantino.runtime.contract.atomic import atomic_write_bytes
 
     arrays = {f"{dom}.{k}": v for dom, d in data.items() for k, v in d.__dict__.items()}
     buf = io.BytesIO()
@@ -543,7 +543,7 @@ def plot_forgetting(f: dict, path: str | os.PathLike, title: str = "", xlabel: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from infantino.runtime.atomic import atomic_write_bytes
+    from infantino.runtime.contract.atomic import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     colors = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:gray")
@@ -617,7 +617,7 @@ def main(argv=None) -> int:
         for w, m in t["weights"].items():
             print(f"  weight {w:<4} agreement {m['agreement']:.3f}  adult {m['adult']:.3f}  infant {m['infant']:.3f}")
     if args.json:
-        from infantino.runtime.atomic import atomic_write_text
+        from infantino.runtime.contract.atomic import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(r, indent=2, default=str))
     return 0

@@ -24,10 +24,12 @@ from typing import Sequence
 
 import numpy as np
 
-from infantino.runtime.atomic import atomic_write_bytes
-from infantino.runtime.classes import CLASSES, EMBEDDING_DIM
-from infantino.runtime.errors import HeadError, InfantinoError
-from infantino.runtime.head import ACTIVATIONS, Head, HeadPrediction, _activate
+from infantino.runtime.contract.atomic import atomic_write_bytes
+from infantino.runtime.contract.classes import CLASSES, EMBEDDING_DIM
+from infantino.runtime.contract.errors import HeadError, InfantinoError
+from infantino.runtime.contract.head import ACTIVATIONS, Head, HeadPrediction, _activate
+from infantino.runtime.contract.layout import HEAD_FILE
+from infantino.runtime.contract.layout import HEAD_STATE_FILE as STATE_FILE
 
 from .conformal import (CalibrationBuffer, check_coverage_level, conformal_quantile, nonconformity,
                         weighted_conformal_quantile)
@@ -38,8 +40,6 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "infantino-online-head"
 STATE_FORMAT_VERSION = 1
-STATE_FILE = "head_state.pkl"
-HEAD_FILE = "head.infh"
 ROUTES = ("auto", "train", "calibration")
 
 

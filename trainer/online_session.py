@@ -23,9 +23,10 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from infantino.runtime.atomic import atomic_write_text
-from infantino.runtime.classes import CLASSES
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.contract.atomic import atomic_write_text
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.layout import EXTRACTOR_FILE
 
 from .online_head import HEAD_FILE, STATE_FILE, OnlineHead
 
@@ -276,14 +277,14 @@ class OnlineSession:
         if self.config.extractor:
             p = Path(self.config.extractor)
             return str(p.resolve()) if p.exists() else self.config.extractor
-        if self._head_dir is not None and (self._head_dir / "extractor.pt").is_file():
-            return str((self._head_dir / "extractor.pt").resolve())
+        if self._head_dir is not None and (self._head_dir / EXTRACTOR_FILE).is_file():
+            return str((self._head_dir / EXTRACTOR_FILE).resolve())
         return None
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
         import torch
 
-        from infantino.runtime.preprocess import preprocess
+        from infantino.runtime.contract.preprocess import preprocess
 
         from .extractor import embed_batch
 

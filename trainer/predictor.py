@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from infantino.runtime.errors import InfantinoError
-from infantino.runtime.head import Head, HeadPrediction
+from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.head import Head, HeadPrediction
+from infantino.runtime.contract.layout import HEAD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class Predictor:
         """A BGR uint8 array or an image path -> ImagePrediction (largest face if one is found)."""
         import torch
 
-        from infantino.runtime.preprocess import preprocess
+        from infantino.runtime.contract.preprocess import preprocess
 
         from .extractor import embed_batch
 
@@ -100,7 +101,7 @@ def load_head_file(path: str | os.PathLike) -> Head:
     """Head from a head.infh file or a folder holding one."""
     p = Path(path)
     if p.is_dir():
-        p = p / "head.infh"
+        p = p / HEAD_FILE
     if not p.is_file():
         raise FileNotFoundError(f"head file not found: {p}")
     return Head.from_bytes(p.read_bytes())

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.contract.errors import InfantinoError
 
 from .realfaces import CONFIDENT, FER_SPEC, FerTflite, RealFaceSet, real_face_set
 

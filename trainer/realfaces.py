@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from infantino.runtime.classes import CLASSES
-from infantino.runtime.errors import BackendUnavailable, InfantinoError
-from infantino.runtime.preprocess import PreprocessSpec, preprocess
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.errors import BackendUnavailable, InfantinoError
+from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infantino.runtime.classes import CLASSES
-from infantino.runtime.preprocess import preprocess
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.preprocess import preprocess
 
 from .realfaces import CONFIDENT, FER_SPEC, FerTflite, agreement, real_face_set
 

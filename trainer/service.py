@@ -32,15 +32,15 @@ from typing import Callable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from infantino.runtime.atomic import atomic_write_bytes, atomic_write_text
+from infantino.runtime.contract.atomic import atomic_write_bytes, atomic_write_text
 from infantino.runtime.configfile import (ConfigError, ExistingFile, ExistingPath, WritableDir, load_yaml_config,
                                           short_error)
-from infantino.runtime.errors import HeadError, InfantinoError, UpdateRejected
-from infantino.runtime.head import Head
-from infantino.runtime.head_update import apply_update, encode_delta, encode_full
-from infantino.runtime.messages import SampleMessage
+from infantino.runtime.contract.errors import HeadError, InfantinoError, UpdateRejected
+from infantino.runtime.contract.head import Head
+from infantino.runtime.contract.head_update import apply_update, encode_delta, encode_full
+from infantino.runtime.contract.messages import SampleMessage
 from infantino.runtime.mqtt import BrokerConfig, Message, MqttLink
-from infantino.runtime.topics import Topics
+from infantino.runtime.contract.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class VersionRecord:
             if new or os.fstat(self._fd).st_size < 2 * self.SLOT:
                 os.pwrite(self._fd, b"\0" * (2 * self.SLOT), 0)
                 os.fsync(self._fd)
-                from infantino.runtime.atomic import fsync_dir
+                from infantino.runtime.contract.atomic import fsync_dir
 
                 fsync_dir(self.path.parent)
         os.pwrite(self._fd, line.ljust(self.SLOT, b"\0"), (seq % 2) * self.SLOT)
@@ -562,7 +562,7 @@ class UpdateService:
     """Samples in, signed head updates out. `start()` returns at once; `run()` blocks until `request_stop()`."""
 
     def __init__(self, config: TrainerServiceConfig):
-        from infantino.runtime.signing import load_private_key, load_public_key
+        from infantino.runtime.contract.signing import load_private_key, load_public_key
 
         self.config = config
         self.topics = Topics(config.topic_prefix)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infantino.runtime.classes import CLASSES, class_index
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.contract.classes import CLASSES, class_index
+from infantino.runtime.contract.errors import InfantinoError
 
 log = logging.getLogger(__name__)
 

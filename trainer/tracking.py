@@ -19,7 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.layout import EXTRACTOR_FILE, HEAD_FILE, HEAD_STATE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,6 @@ EXTRACTOR_MODEL = "infantino-extractor"
 HEAD_MODEL = "infantino-head"
 CHAMPION = "champion"
 DEFAULT_EXPERIMENT = "infantino"
-EXTRACTOR_FILE = "extractor.pt"
-HEAD_STATE_FILE = "head_state.pkl"
-HEAD_FILE = "head.infh"
 # MLPClassifier keeps its optimiser; skops refuses unknown types unless trusted explicitly.
 SKOPS_TRUSTED_TYPES = ["sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
                        "sklearn.neural_network._stochastic_optimizers.SGDOptimizer"]

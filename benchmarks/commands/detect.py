@@ -394,7 +394,7 @@ def draw_examples(frames: list, indices: list[int], rows: list[DetRow], path: Pa
     """A grid of example frames: ground truth (white), each detector's boxes in its colour, BlazeFace keypoints."""
     import cv2
 
-    from infantino.runtime.atomic import atomic_write_bytes
+    from infantino.runtime.contract.atomic import atomic_write_bytes
 
     colours = [(0, 200, 255), (255, 120, 0), (0, 0, 255), (200, 0, 200), (0, 160, 0)]
     tiles = []

@@ -312,7 +312,7 @@ def run(args) -> int:
     labelled = None
     if args.data is not None:
         labelled = load_labelled_folder(args.data, ctxs[0].bundle.classes, args.data_limit)
-        from infantino.runtime.preprocess import preprocess
+        from infantino.runtime.contract.preprocess import preprocess
 
         for ctx in ctxs:
             if list(ctx.bundle.classes) != list(labelled.classes):

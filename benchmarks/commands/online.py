@@ -116,7 +116,7 @@ def section_updates(args, cache) -> dict:
     """Sizes of full/delta updates after each learn_one, and the device-side apply time of each kind."""
     from dataclasses import replace
 
-    from infantino.runtime import head_update, signing
+    from infantino.runtime.contract import head_update, signing
     from infantino.trainer.online_eval import initial_head, stream_indices
     from infantino.trainer.online_head import OnlineHeadConfig
 

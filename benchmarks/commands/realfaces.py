@@ -46,7 +46,7 @@ def run(args) -> int:
         raise FileNotFoundError(f"--bundle: no such bundle directory or .tar: {args.bundle}")
     from infantino.runtime.bundle import load_bundle
     from infantino.runtime.face import FaceOptions, create_detector
-    from infantino.runtime.head import Head
+    from infantino.runtime.contract.head import Head
 
     from ..machine import describe
     from ..realfaces import measure

@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 
-from infantino.runtime.errors import BackendUnavailable, InfantinoError
+from infantino.runtime.contract.errors import BackendUnavailable, InfantinoError
 
 from ..choices import UnknownChoice, check_choice
 

@@ -10,7 +10,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.contract.errors import InfantinoError
 
 from . import Artifact, ExportContext, Exporter, Timer, option, register_format
 

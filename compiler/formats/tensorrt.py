@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from infantino.runtime.backends import tensorrt_build as tb
-from infantino.runtime.errors import InfantinoError
+from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.layout import REFERENCE_FILE
 
 from . import Artifact, ExportContext, Exporter, Timer, option, register_format
 
@@ -109,7 +110,7 @@ class TensorRTExporter(Exporter):
                 prepared.parity_backend = "onnxruntime"
                 prepared.parity_note = (f"no plan built here ({reason}); the prepared ONNX was checked in onnxruntime "
                                         f"at fp32, the {precision} engine is built and checked on the device against "
-                                        "reference.npz")
+                                        f"{REFERENCE_FILE}")
         for a in arts:
             a.seconds = t.seconds / len(arts)
         return arts

@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from infantino.runtime.errors import BackendUnavailable, InfantinoError
+from infantino.runtime.contract.errors import BackendUnavailable, InfantinoError
 
 from . import Artifact, ExportContext, Exporter, Timer, option, register_format
 

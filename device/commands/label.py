@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from infantino.runtime.classes import CLASSES
+from infantino.runtime.contract.classes import CLASSES
 
 HELP = "label a recent frame (publishes its embedding + label for online learning)"
 

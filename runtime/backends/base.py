@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import BackendUnavailable, InfantinoError
-from ..manifest import ArtifactInfo
+from ..contract.errors import BackendUnavailable, InfantinoError
+from ..contract.manifest import ArtifactInfo
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bundle import Bundle

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import Field
 
-from ..errors import BackendUnavailable
+from ..contract.errors import BackendUnavailable
 from .base import Backend, BackendConfig
 from .registry import register_backend
 

@@ -14,7 +14,7 @@ import os
 import platform
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..errors import BackendUnavailable, InfantinoError
+from ..contract.errors import BackendUnavailable, InfantinoError
 from .base import Backend, BackendConfig
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -18,8 +18,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 from pydantic import Field
 
-from ..atomic import atomic_write_bytes, atomic_write_text
-from ..errors import BackendUnavailable, InfantinoError
+from ..contract.atomic import atomic_write_bytes, atomic_write_text
+from ..contract.errors import BackendUnavailable, InfantinoError
 from .base import Backend, BackendConfig
 from .registry import has_nvidia_gpu, register_backend
 

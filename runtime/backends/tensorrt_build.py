@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import BackendUnavailable, InfantinoError
+from ..contract.errors import BackendUnavailable, InfantinoError
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def make_calibrator(trt, settings: TensorRTSettings, folder: str | os.PathLike):
         def write_calibration_cache(self, blob):
             if cache is not None:
                 try:
-                    from ..atomic import atomic_write_bytes
+                    from ..contract.atomic import atomic_write_bytes
 
                     atomic_write_bytes(cache, bytes(blob))
                 except OSError as e:  # a read-only bundle folder: the cache is an optimisation only

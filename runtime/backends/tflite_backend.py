@@ -11,7 +11,7 @@ import logging
 import numpy as np
 from pydantic import Field
 
-from ..errors import BackendUnavailable
+from ..contract.errors import BackendUnavailable
 from .base import Backend, BackendConfig
 from .registry import register_backend
 

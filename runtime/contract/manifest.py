@@ -9,8 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-SIGNATURE_FILE = "manifest.sig"
+from .layout import MANIFEST_FILE, SIGNATURE_FILE  # noqa: F401  (re-exported: bundle readers use them)
 
 ArtifactFormat = Literal["onnx", "tflite", "tensorrt_plan", "tensorrt_onnx"]
 Precision = Literal["fp32", "fp16", "int8"]
