@@ -122,14 +122,8 @@ def load_head(path: Path, loaded: LoadedModel) -> Head:
         head = Head.from_bytes(path.read_bytes())
     except HeadError as e:
         raise InfantinoError(f"--head {path}: {e}") from None
-    if head.extractor_id != loaded.extractor_id:
-        raise InfantinoError(f"--head {path} was fitted on extractor {head.extractor_id[:12]}…, but --model "
-                             f"{loaded.source} is {loaded.extractor_id[:12]}…; use the head trained with this "
-                             "extractor (or re-fit one)")
-    if head.input_dim != loaded.config.embed_dim:
-        raise InfantinoError(f"--head {path} takes {head.input_dim}-d embeddings, the extractor gives "
-                             f"{loaded.config.embed_dim}-d")
-    if list(head.classes) != list(loaded.config.classes):
-        raise InfantinoError(f"--head {path} classes {list(head.classes)} differ from the extractor's "
-                             f"{list(loaded.config.classes)}")
+    problems = head.fit_problems(loaded.extractor_id, loaded.config.embed_dim, loaded.config.classes)
+    if problems:
+        raise InfantinoError(f"--head {path} does not fit --model {loaded.source}: {'; '.join(problems)}; use the "
+                             "head trained with this extractor (or re-fit one)")
     return head

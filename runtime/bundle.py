@@ -210,12 +210,7 @@ def _verify(root: Path, src: Path, public_key: Any) -> Bundle:
     problems = []
     if head.version != manifest.head.version:
         problems.append(f"version {head.version} != manifest {manifest.head.version}")
-    if head.extractor_id != manifest.extractor_id:
-        problems.append(f"extractor_id {head.extractor_id[:12]}… != manifest {manifest.extractor_id[:12]}…")
-    if list(head.classes) != list(manifest.classes):
-        problems.append(f"classes {list(head.classes)} != manifest {manifest.classes}")
-    if head.input_dim != manifest.embedding_dim:
-        problems.append(f"input size {head.input_dim} != embedding_dim {manifest.embedding_dim}")
+    problems += head.fit_problems(manifest.extractor_id, manifest.embedding_dim, manifest.classes)
     if problems:
         fail("head", "; ".join(problems), manifest.head.file)
     bundle = Bundle(root=root.resolve(), manifest=manifest, head=head, source=src)

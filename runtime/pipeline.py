@@ -101,13 +101,7 @@ class Pipeline:
     def _check_head(self, head: Head) -> None:
         if not isinstance(head, Head):
             raise HeadError(f"expected a Head, got {type(head).__name__}")
-        if head.extractor_id != self.bundle.extractor_id:
-            raise HeadError(f"head v{head.version} was trained on extractor {head.extractor_id[:12]}…, "
-                            f"this bundle runs {self.bundle.extractor_id[:12]}…")
-        if head.input_dim != self.bundle.embedding_dim:
-            raise HeadError(f"head takes {head.input_dim}-d inputs, the extractor gives {self.bundle.embedding_dim}")
-        if tuple(head.classes) != self.bundle.classes:
-            raise HeadError(f"head classes {head.classes} differ from the bundle's {self.bundle.classes}")
+        head.check_fits(self.bundle.extractor_id, self.bundle.embedding_dim, self.bundle.classes)
 
     def swap_head(self, new_head: Head) -> Head:
         """Replace the head atomically (thread-safe; frames in flight finish with the old one); returns the old."""

@@ -125,3 +125,24 @@ def test_every_rejection_reason(heads, keypair, tmp_path):
     hdr3["payload_len"] = len(p3)
     hdr3["kind"], hdr3["base_version"] = "delta", 1
     assert _reason(lambda: hu.apply_update(base, hu._seal(hdr3, p3, sk), pk, EXT)) == "wrong_shapes"
+
+
+def test_check_fits_is_the_one_fit_check():
+    import numpy as np
+
+    from infantino.runtime.contract.classes import CLASSES
+    from infantino.runtime.contract.errors import HeadError
+    from infantino.runtime.contract.head import Head
+
+    rng = np.random.default_rng(0)
+    w = [rng.normal(size=(64, 8)).astype(np.float32), np.zeros(8, np.float32),
+         rng.normal(size=(8, 7)).astype(np.float32), np.zeros(7, np.float32)]
+    h = Head(weights=w, classes=list(CLASSES), version=3, extractor_id="a" * 64)
+    assert h.fit_problems("a" * 64, 64, CLASSES) == [] and h.check_fits("a" * 64, 64, CLASSES) is h
+    assert h.fit_problems() == []  # unknown fields are skipped
+    probs = h.fit_problems("b" * 64, 128, list(reversed(CLASSES)))
+    assert len(probs) == 3 and "trained on extractor aaaaaaaaaaaa" in probs[0] and "64-d" in probs[1]
+    import pytest
+
+    with pytest.raises(HeadError, match="^device cam-1: head takes 64-d embeddings"):
+        h.check_fits(embedding_dim=32, what="device cam-1")

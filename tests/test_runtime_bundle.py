@@ -127,7 +127,7 @@ def test_head_that_does_not_fit_the_manifest(runtime_bundle_copy, keypair):
     (d / "head.infh").write_bytes(head.replace(extractor_id="f" * 64).to_bytes())
     m = runtime_rehash(d, _manifest(d))
     runtime_sign_manifest(d, m, keypair[2])
-    assert "extractor_id" in _refused(d, keypair[1], "head", "head.infh")
+    assert "trained on extractor ffffffffffff" in _refused(d, keypair[1], "head", "head.infh")
 
 
 def test_tar_bundle_loads_via_cache_and_tampered_tar_is_refused(runtime_bundle, keypair, tmp_path, monkeypatch):

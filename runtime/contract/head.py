@@ -166,6 +166,31 @@ class Head:
             raise HeadError("head weights do not match their sha256 (corrupt file)")
         return head
 
+    def fit_problems(self, extractor_id: str | None = None, embedding_dim: int | None = None,
+                     classes: Sequence[str] | None = None) -> list[str]:
+        """Why this head cannot run on an extractor (its id, embedding size, class order); [] = it fits.
+
+        The one check every part applies before using a head (bundle load, compile, pipeline swap, update service,
+        OTA apply); None skips a field the caller does not know.
+        """
+        out = []
+        if extractor_id is not None and self.extractor_id != extractor_id:
+            out.append(f"head v{self.version} was trained on extractor {self.extractor_id[:12]}…, not "
+                       f"{extractor_id[:12]}…")
+        if embedding_dim is not None and self.input_dim != embedding_dim:
+            out.append(f"head takes {self.input_dim}-d embeddings, the extractor gives {embedding_dim}-d")
+        if classes is not None and list(self.classes) != list(classes):
+            out.append(f"head classes {list(self.classes)} differ from the extractor's {list(classes)}")
+        return out
+
+    def check_fits(self, extractor_id: str | None = None, embedding_dim: int | None = None,
+                   classes: Sequence[str] | None = None, what: str = "") -> "Head":
+        """fit_problems, raised as one HeadError (prefixed with `what`); returns self."""
+        problems = self.fit_problems(extractor_id, embedding_dim, classes)
+        if problems:
+            raise HeadError((f"{what}: " if what else "") + "; ".join(problems))
+        return self
+
     def replace(self, **changes) -> "Head":
         """A copy with some fields changed (weights are re-validated)."""
         kw = dict(
