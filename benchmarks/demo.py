@@ -95,7 +95,7 @@ def main(argv=None) -> int:
        *override, title="compile: ONNX + TFLite, parity gate, signed bundle")
     sh("infantino-compile", "verify", "bundle", "--public-key", "keys/signing.pub", title="verify the bundle")
 
-    from infantino.device.broker import MosquittoBroker
+    from infantino.benchmarks.broker import MosquittoBroker
     from infantino.runtime.bundle import load_bundle
     from infantino.runtime.face import FaceOptions
     from infantino.runtime.pipeline import Pipeline

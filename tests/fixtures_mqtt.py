@@ -8,7 +8,7 @@ import pytest
 
 
 def _broker_or_skip(tmp_path, **kw):
-    from infantino.device.broker import BrokerUnavailable, MosquittoBroker, find_mosquitto
+    from infantino.benchmarks.broker import BrokerUnavailable, MosquittoBroker, find_mosquitto
 
     if find_mosquitto() is None:
         pytest.skip("Mosquitto is not installed (Debian package 'mosquitto'); MQTT tests need a real broker")

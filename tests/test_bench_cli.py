@@ -359,7 +359,7 @@ def test_models_fer_peer_row_on_mini_xception_bundle(tmp_path, keypair, realface
 
 @pytest.mark.mqtt
 def test_online_broker_loop_over_real_mosquitto(tmp_path):
-    from infantino.device.broker import find_mosquitto
+    from infantino.benchmarks.broker import find_mosquitto
 
     if find_mosquitto() is None:
         pytest.skip("Mosquitto is not installed")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from infantino.device.broker import MosquittoBroker, find_mosquitto, free_port
+from infantino.benchmarks.broker import MosquittoBroker, find_mosquitto, free_port
 from infantino.runtime.mqtt import BrokerConfig, MqttLink
 from infantino.runtime.contract.topics import Topics
 

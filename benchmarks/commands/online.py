@@ -158,14 +158,14 @@ def section_updates(args, cache) -> dict:
 
 
 def section_broker(args, cache) -> dict:
-    """Sample -> applied latency over a real broker: infantino.device.loopbench.measure_loop (real Mosquitto,
+    """Sample -> applied latency over a real broker: infantino.benchmarks.loopbench.measure_loop (real Mosquitto,
     the trainer's UpdateService and the DeviceDaemon's OTA path), p50/p95/p99 over --updates samples."""
     if args.broker is None:
         raise SectionSkipped("no --broker given (use --broker local to start Mosquitto, or HOST:PORT)")
     try:
-        from infantino.device import loopbench
+        from infantino.benchmarks import loopbench
     except ImportError as e:
-        raise SectionFailed(f"infantino.device.loopbench is not available: {e}") from None
+        raise SectionFailed(f"infantino.benchmarks.loopbench is not available: {e}") from None
     broker = None  # None: loopbench starts its own Mosquitto on a free loopback port
     if args.broker != "local":
         from types import SimpleNamespace

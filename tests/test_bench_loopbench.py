@@ -6,8 +6,8 @@ pytestmark = pytest.mark.mqtt
 
 
 def test_measure_loop_reports_latency_sizes_and_apply_times(tmp_path):
-    from infantino.device.broker import find_mosquitto
-    from infantino.device.loopbench import measure_loop
+    from infantino.benchmarks.broker import find_mosquitto
+    from infantino.benchmarks.loopbench import measure_loop
 
     if find_mosquitto() is None:
         pytest.skip("Mosquitto is not installed")

@@ -5,7 +5,7 @@ OnlineHead.learn_one, durable version record, signed delta) and the real DeviceD
 link, OTA verify, atomic persist, swap), sends N labelled samples one at a time from the device and times each
 until the device runs the head version that includes it. It also reports update payload sizes (full,
 delta float32/float16, with and without zlib) and the device's apply time per update kind.
-Run `python -m infantino.device.loopbench --n 200` for a JSON report (`infantino-bench online` calls it too).
+Run `python -m infantino.benchmarks.loopbench --n 200` for a JSON report (`infantino-bench online` calls it too).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def measure_loop(n: int = 100, *, delta_dtype: str = "float32", hidden=(100,), p
     """End-to-end latency (sample published -> head applied on the device) p50/p95/p99 over `n` updates,
     payload sizes and apply times. `broker` may be a running MosquittoBroker, else one is started with
     `persistence` "periodic" (saved every 10 s, the shipped example's setting), "every-change" or "off"."""
-    from infantino.device.broker import MosquittoBroker
+    from infantino.benchmarks.broker import MosquittoBroker
     from infantino.device.config import DeviceConfig
     from infantino.device.daemon import BundleFacts, DeviceDaemon
     from infantino.runtime.contract.classes import CLASSES
@@ -232,7 +232,7 @@ def measure_loop(n: int = 100, *, delta_dtype: str = "float32", hidden=(100,), p
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m infantino.device.loopbench", description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m infantino.benchmarks.loopbench", description=__doc__.strip().splitlines()[0])
     p.add_argument("--n", type=int, default=100, help="number of updates to time")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="delta dtype")
     p.add_argument("--persistence", choices=("periodic", "every-change", "off"), default="periodic",
