@@ -458,7 +458,7 @@ def log_to_mlflow(result: CompileResult, p: CompilePlan) -> str:
     from infantino.trainer import tracking
 
     tracking.configure_tracking(p.options.mlflow_uri)
-    client = tracking._client()
+    client = tracking.mlflow_client()
     exp = tracking.ensure_experiment(p.options.experiment)
     m = result.manifest
     run = client.create_run(exp, run_name=f"compile-{m.target}-{m.model.name}-v{m.model.version}",

@@ -176,6 +176,12 @@ class HeadStore:
         raise HeadError(f"no usable head in {self.dir}" + (f" ({'; '.join(problems)})" if problems else ""))
 
     # ---- writing -------------------------------------------------------------------------------
+    def restore_current(self, old: Head) -> None:
+        """Write `old` back as the current head (a swap failed after commit); the previous head stays as it is."""
+        atomic_write_bytes(self.dir / CURRENT, old.to_bytes())
+        self._disk[CURRENT] = old.sha256
+        self.current = old
+
     def commit(self, new: Head) -> None:
         """Make `new` the current head and the old current the previous one.
 

@@ -151,16 +151,8 @@ class OtaApplier:
         return res
 
     def _restore(self, old: Head) -> None:
-        prev = self.store.previous
         try:
-            from infantino.runtime.contract.atomic import atomic_write_bytes
-
-            from .head_store import CURRENT
-
-            atomic_write_bytes(self.store.dir / CURRENT, old.to_bytes())
-            self.store._disk[CURRENT] = old.sha256
-            self.store.current = old
-            self.store.previous = prev
+            self.store.restore_current(old)
         except OSError:
             log.exception("could not restore head v%d on disk", old.version)
 

@@ -372,7 +372,7 @@ def test_compile_from_the_model_registry(tmp_path, keypair, compiler_model_dir, 
                              head_sha256=head.to_head().sha256)
     tracker.finish()
     alias = "compiler-test"
-    client = tracking._client()
+    client = tracking.mlflow_client()
     client.set_registered_model_alias(tracking.EXTRACTOR_MODEL, alias, reg["extractor_version"])
     client.set_registered_model_alias(tracking.HEAD_MODEL, alias, reg["head_version"])
 

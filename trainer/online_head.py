@@ -27,7 +27,7 @@ import numpy as np
 from infantino.runtime.contract.atomic import atomic_write_bytes
 from infantino.runtime.contract.classes import CLASSES, EMBEDDING_DIM
 from infantino.runtime.contract.errors import HeadError, InfantinoError
-from infantino.runtime.contract.head import ACTIVATIONS, Head, HeadPrediction, _activate
+from infantino.runtime.contract.head import ACTIVATIONS, Head, HeadPrediction, activate
 from infantino.runtime.contract.layout import HEAD_FILE
 from infantino.runtime.contract.layout import HEAD_STATE_FILE as STATE_FILE
 
@@ -506,7 +506,7 @@ class OnlineHead:
         for i, (W, b) in enumerate(zip(self.mlp.coefs_, self.mlp.intercepts_)):
             z = z @ W.astype(dtype, copy=False) + b.astype(dtype, copy=False)
             if i < last:
-                z = _activate(z, self.config.activation)
+                z = activate(z, self.config.activation)
         z = z - z.max(axis=1, keepdims=True)
         np.exp(z, out=z)
         z /= z.sum(axis=1, keepdims=True)

@@ -244,9 +244,9 @@ class OnlineSession:
             tracking.configure_tracking(self.config.tracking_uri)
         self._head_dir = tracking.resolve_head(src)
         if tracking.is_mlflow_uri(src):
-            from .predictor import _registry_extractor_version
+            from .predictor import registry_extractor_version
 
-            self.source_extractor_version = _registry_extractor_version(src, prefix)
+            self.source_extractor_version = registry_extractor_version(src, prefix)
         log.info("online head from %s", self._head_dir)
         return OnlineHead.load(self._head_dir / STATE_FILE)
 
@@ -456,7 +456,7 @@ def log_head(tracker, head_dir: Path, head: OnlineHead, register: bool = True, p
     """
     from . import tracking
 
-    tracking._mlflow_env()
+    tracking.mlflow_env()
     import mlflow
 
     rh = head.to_head()
@@ -466,7 +466,7 @@ def log_head(tracker, head_dir: Path, head: OnlineHead, register: bool = True, p
             head.mlp, name=f"head-v{rh.version}",
             extra_files=[str(head_dir / STATE_FILE), str(head_dir / HEAD_FILE)],
             skops_trusted_types=tracking.SKOPS_TRUSTED_TYPES,
-            pip_requirements=tracking._requirements("scikit-learn", "numpy"))
+            pip_requirements=tracking.pip_requirements("scikit-learn", "numpy"))
     if not register:
         return None
     _, head_model = tracking.model_names(prefix)
@@ -489,7 +489,7 @@ def find_extractor_version(extractor_id: str, prefix: str = "infantino") -> str 
         return None
     name, _ = tracking.model_names(prefix)
     try:
-        versions = tracking._client().search_model_versions(f"name='{name}'")
+        versions = tracking.mlflow_client().search_model_versions(f"name='{name}'")
     except Exception as e:  # no such model yet, or a store without search support
         log.debug("no %s versions: %s", name, e)
         return None

@@ -128,7 +128,7 @@ def resolve_model_pair(head: str | os.PathLike | None = None, extractor: str | o
     recorded = _session_extractor(head_dir)
     if recorded:
         return tracking.resolve_extractor(recorded), head_dir
-    version = _registry_extractor_version(head_src, prefix)
+    version = registry_extractor_version(head_src, prefix)
     src = f"models:/{prefix}-extractor/{version}" if version else f"models:/{prefix}-extractor@champion"
     return tracking.resolve_extractor(src), head_dir
 
@@ -149,7 +149,7 @@ def _session_extractor(head_dir: Path) -> str | None:
     return None
 
 
-def _registry_extractor_version(head_uri: str, prefix: str) -> str | None:
+def registry_extractor_version(head_uri: str, prefix: str) -> str | None:
     import re
 
     from . import tracking
@@ -159,7 +159,7 @@ def _registry_extractor_version(head_uri: str, prefix: str) -> str | None:
         return None
     name, alias, num = m.groups()
     try:
-        client = tracking._client()
+        client = tracking.mlflow_client()
         v = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, num)
         return v.tags.get("extractor_version")
     except Exception as e:  # a head without the tag: fall back to the champion extractor

@@ -36,7 +36,7 @@ _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:/")
 _state: dict[str, str | None] = {"uri": None, "artifact_root": None}
 
 
-def _mlflow_env() -> None:
+def mlflow_env() -> None:
     """No telemetry (it does DNS look-ups) and no tqdm bars from artifact downloads."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -70,7 +70,7 @@ def _artifact_root_for(uri: str, artifact_root: str | None) -> str | None:
 
 def configure_tracking(uri: str | None = None, artifact_root: str | None = None) -> str:
     """Point MLflow (tracking and registry) at `uri`, $MLFLOW_TRACKING_URI, or the local SQLite default."""
-    _mlflow_env()
+    mlflow_env()
     import mlflow
 
     chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
@@ -95,7 +95,7 @@ def _ensure_configured() -> None:
     if tracking_utils.is_tracking_uri_set():
         import mlflow
 
-        _mlflow_env()
+        mlflow_env()
         uri = mlflow.get_tracking_uri()
         _state["uri"] = uri
     else:
@@ -110,7 +110,7 @@ def _uri() -> str:
     return mlflow.get_tracking_uri()
 
 
-def _client():
+def mlflow_client():
     _ensure_configured()
     from mlflow import MlflowClient
 
@@ -121,7 +121,7 @@ def ensure_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
     """The experiment's id, creating it (with the local artifact root) when missing."""
     from mlflow.exceptions import MlflowException
 
-    client = _client()
+    client = mlflow_client()
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
@@ -142,7 +142,7 @@ def model_names(prefix: str = DEFAULT_PREFIX) -> tuple[str, str]:
     return f"{prefix}-extractor", f"{prefix}-head"
 
 
-def _requirements(*dists: str) -> list[str]:
+def pip_requirements(*dists: str) -> list[str]:
     """Pinned pip requirements for log_model (explicit: inferring them costs ~15 s and imports a lot)."""
     out = []
     for d in dists:
@@ -159,7 +159,7 @@ class FitTracker:
     def __init__(self, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT, run_id: str | None = None,
                  run_name: str | None = None, tags: dict | None = None):
         self.uri = configure_tracking(uri)
-        self.client = _client()
+        self.client = mlflow_client()
         self.experiment_id = ensure_experiment(experiment)
         self.run_id = None
         if run_id:
@@ -206,7 +206,7 @@ class FitTracker:
         checkpoint's, not the last epoch's) become tags of both versions, which `promote` reads first. The
         first registered pair becomes `champion` when the models have none yet. Returns the registered versions.
         """
-        _mlflow_env()
+        mlflow_env()
         import mlflow
 
         extractor_model, head_model = model_names(prefix)
@@ -223,10 +223,10 @@ class FitTracker:
             with mlflow.start_run(run_id=self.run_id):
                 e_info = mlflow.pytorch.log_model(
                     model, name="extractor", extra_files=[str(extractor_ckpt)], serialization_format="pickle",
-                    pip_requirements=_requirements("torch", "timm", "numpy"))
+                    pip_requirements=pip_requirements("torch", "timm", "numpy"))
                 h_info = mlflow.sklearn.log_model(
                     mlp, name="head", extra_files=[str(head_dir / HEAD_STATE_FILE), str(head_dir / HEAD_FILE)],
-                    skops_trusted_types=SKOPS_TRUSTED_TYPES, pip_requirements=_requirements("scikit-learn", "numpy"))
+                    skops_trusted_types=SKOPS_TRUSTED_TYPES, pip_requirements=pip_requirements("scikit-learn", "numpy"))
         finally:
             pt_log.setLevel(level)
         out["extractor_model_uri"], out["head_model_uri"] = e_info.model_uri, h_info.model_uri
@@ -305,7 +305,7 @@ def promote(metric: str | None = "val_f1", mode: str = "auto", alias: str = CHAM
     from .realface_guard import OVERRIDE_FLAG, RealFaceRegression
 
     EXTRACTOR_MODEL, HEAD_MODEL = model_names(prefix)  # noqa: N806 - shadow the defaults
-    client = _client()
+    client = mlflow_client()
     if mode not in ("auto", "max", "min"):
         raise ValueError(f"mode must be auto, max or min, got {mode!r}")
     versions = _versions(client, EXTRACTOR_MODEL)
@@ -432,7 +432,7 @@ def _download(uri: str, dst: str | os.PathLike | None = None) -> Path:
     try:
         if m and dst is None:
             name, alias, num = m.groups()
-            client = _client()
+            client = mlflow_client()
             num = str(client.get_model_version_by_alias(name, alias).version) if alias else num
             store = hashlib.sha1(_uri().encode()).hexdigest()[:10]
             key = cache_dir() / store / f"{name}-v{num}"
@@ -517,7 +517,7 @@ def resolve_head(uri_or_path: str | os.PathLike, dst: str | os.PathLike | None =
 
 def model_version_info(name: str, alias: str = CHAMPION) -> dict:
     """Version number, run id and tags of `name@alias` (e.g. which extractor a head belongs to)."""
-    client = _client()
+    client = mlflow_client()
     from mlflow.exceptions import MlflowException
 
     try:

@@ -37,6 +37,8 @@ TABLE_COLUMNS = (("key", "measure", ""), ("status", "status", ""), ("value", "va
 
 
 def add_arguments(p) -> None:
+    from infantino.trainer.online_eval import seed_list  # sklearn: loaded only when this subcommand is chosen
+
     p.add_argument("--sections", default="all", help=f"comma list of {', '.join(SECTIONS)}, or all (default)")
     p.add_argument("--source", choices=("gaussian", "synth"), default="gaussian",
                    help="embeddings: Gaussian mixture with a domain shift (fast, default) or generator images "
@@ -53,7 +55,7 @@ def add_arguments(p) -> None:
                    help="infant samples streamed in the forgetting scenario (default 600)")
     p.add_argument("--curve-every", type=common.positive_int, default=50,
                    help="points of the forgetting curve every N samples (default 50)")
-    p.add_argument("--skewed-seeds", type=_seed_list, default=[0],
+    p.add_argument("--skewed-seeds", type=seed_list, default=[0],
                    help="seeds of the skewed section, comma list (default 0; the docs use 0,1,2)")
     p.add_argument("--skewed-scale", type=_scale, default=1.0,
                    help="scale of the skewed scenario's sizes (1 = 1,400 adult training faces and a 1,000 + 500 "
@@ -66,11 +68,6 @@ def add_arguments(p) -> None:
     p.add_argument("--warmup", type=common.non_negative_int, default=20, help="untimed learn_one calls (default 20)")
     common.add_output_arguments(p)
 
-
-def _seed_list(text: str) -> list[int]:
-    from infantino.trainer.online_eval import _seed_list as parse
-
-    return parse(text)
 
 
 def _scale(text: str) -> float:

@@ -7,13 +7,13 @@ bundle's default, then LiteRT on ARM / onnxruntime elsewhere).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import logging
 import os
 import platform
 from typing import TYPE_CHECKING, Any, Optional
 
+from ..choices import UnknownChoice, unknown_message
 from ..contract.errors import BackendUnavailable, InfantinoError
 from .base import Backend, BackendConfig
 
@@ -28,7 +28,7 @@ BUILTIN_MODULES = ("onnxruntime_backend", "tflite_backend", "tensorrt_backend")
 _builtins_loaded = False
 
 
-class UnknownBackend(InfantinoError, ValueError):
+class UnknownBackend(UnknownChoice):
     """A backend name that is not registered."""
 
 
@@ -65,10 +65,7 @@ def get_backend_class(name: str) -> type[Backend]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        valid = ["auto"] + sorted(_REGISTRY)
-        close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.4)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UnknownBackend(f"unknown backend {name!r}; valid: {', '.join(valid)}.{hint}") from None
+        raise UnknownBackend(unknown_message("backend", name, ["auto"] + sorted(_REGISTRY))) from None
 
 
 def unavailable_reason(name: str) -> Optional[str]:

@@ -22,6 +22,8 @@ from ..contract.atomic import atomic_write_bytes, atomic_write_text
 from ..contract.errors import BackendUnavailable, InfantinoError
 from .base import Backend, BackendConfig
 from .registry import has_nvidia_gpu, register_backend
+from .tensorrt_build import check_cuda, import_trt
+from .tensorrt_build import cudart as load_cudart
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +38,6 @@ class TensorRTConfig(BackendConfig):
     device: int = Field(default=0, ge=0, description="CUDA device index")
     settings: dict = Field(default_factory=dict, description="overrides of the bundle's build settings "
                            "(e.g. fp16, workspace_mb, max_batch)")
-
-
-def _trt():
-    from .tensorrt_build import _import_trt
-
-    return _import_trt()
-
-
-def _cudart():
-    from .tensorrt_build import _cudart as cudart
-
-    return cudart()
-
-
-def _ck(result):
-    from .tensorrt_build import _ck as ck
-
-    return ck(result)
 
 
 # ---- plan cache: pure logic, testable without TensorRT ------------------------------------------------------
@@ -129,7 +113,7 @@ class TensorRTBackend(Backend):
 
         if not has_nvidia_gpu():
             try:
-                _trt()
+                import_trt()
             except BackendUnavailable as e:
                 return str(e)
             return "tensorrt: no NVIDIA GPU/driver on this host"
@@ -178,11 +162,11 @@ class TensorRTBackend(Backend):
         return self.bundle.artifact_path(src), src.sha256
 
     def _load(self) -> None:
-        trt = _trt()
-        self.cudart = cudart = _cudart()
+        trt = import_trt()
+        self.cudart = cudart = load_cudart()
         from . import tensorrt_build
 
-        _ck(cudart.cudaSetDevice(self.config.device))
+        check_cuda(cudart.cudaSetDevice(self.config.device))
         gpu = tensorrt_build.host_info(self.config.device)["gpu_name"]
         self.trt_logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.trt_logger)
@@ -229,7 +213,7 @@ class TensorRTBackend(Backend):
         self.out_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self.out_name)))
         prof = engine.get_tensor_profile_shape(self.in_name, 0) if hasattr(engine, "get_tensor_profile_shape") else None
         self.max_batch = int(prof[2][0]) if prof else int(settings.get("max_batch", 1))
-        self.stream = _ck(cudart.cudaStreamCreate())
+        self.stream = check_cuda(cudart.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
 
     def describe(self) -> str:
@@ -240,8 +224,8 @@ class TensorRTBackend(Backend):
         ptr, size = self._buffers.get(name, (0, 0))
         if size < nbytes:
             if ptr:
-                _ck(self.cudart.cudaFree(ptr))
-            ptr = _ck(self.cudart.cudaMalloc(nbytes))
+                check_cuda(self.cudart.cudaFree(ptr))
+            ptr = check_cuda(self.cudart.cudaMalloc(nbytes))
             self._buffers[name] = (ptr, nbytes)
         return ptr
 
@@ -255,13 +239,13 @@ class TensorRTBackend(Backend):
         d_out = self._device_buffer(self.out_name, y.nbytes)
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _ck(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, h2d, self.stream))
+        check_cuda(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, h2d, self.stream))
         self.context.set_tensor_address(self.in_name, d_in)
         self.context.set_tensor_address(self.out_name, d_out)
         if not self.context.execute_async_v3(self.stream):
             raise InfantinoError("tensorrt: execute_async_v3 failed")
-        _ck(cudart.cudaMemcpyAsync(y.ctypes.data, d_out, y.nbytes, d2h, self.stream))
-        _ck(cudart.cudaStreamSynchronize(self.stream))
+        check_cuda(cudart.cudaMemcpyAsync(y.ctypes.data, d_out, y.nbytes, d2h, self.stream))
+        check_cuda(cudart.cudaStreamSynchronize(self.stream))
         return y
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -104,7 +104,8 @@ def plan_cache_name(onnx_sha256: str, settings: dict | TensorRTSettings | None =
 
 
 # ---- host facts -----------------------------------------------------------------------------------------------
-def _import_trt():
+def import_trt():
+    """The tensorrt module, or BackendUnavailable naming the extra to install."""
     try:
         import tensorrt as trt
     except Exception as e:  # ImportError, or OSError when libnvinfer is missing
@@ -112,7 +113,8 @@ def _import_trt():
     return trt
 
 
-def _cudart():
+def cudart():
+    """The CUDA runtime bindings of cuda-python (new or old layout), or BackendUnavailable."""
     try:
         from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
     except ImportError:
@@ -123,7 +125,8 @@ def _cudart():
     return cudart
 
 
-def _ck(result):
+def check_cuda(result):
+    """Unwrap a cuda-python (err, *values) tuple: the value(s), or InfantinoError on a CUDA error."""
     err, *rest = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
         raise InfantinoError(f"CUDA error {err}")
@@ -133,12 +136,12 @@ def _ck(result):
 def build_unavailable_reason() -> Optional[str]:
     """None if this host can build plans (tensorrt importable and a CUDA GPU present), else why not."""
     try:
-        _import_trt()
-        cudart = _cudart()
+        import_trt()
+        cudart = cudart()
     except BackendUnavailable as e:
         return str(e)
     try:
-        if _ck(cudart.cudaGetDeviceCount()) < 1:
+        if check_cuda(cudart.cudaGetDeviceCount()) < 1:
             return "tensorrt: CUDA reports no GPU"
     except Exception as e:
         return f"tensorrt: CUDA is not usable here ({e})"
@@ -147,9 +150,9 @@ def build_unavailable_reason() -> Optional[str]:
 
 def host_info(device: int = 0) -> dict[str, str]:
     """{'tensorrt_version', 'gpu_name'} of this host (needs tensorrt and a GPU)."""
-    trt = _import_trt()
-    cudart = _cudart()
-    props = _ck(cudart.cudaGetDeviceProperties(device))
+    trt = import_trt()
+    cudart = cudart()
+    props = check_cuda(cudart.cudaGetDeviceProperties(device))
     name = props.name
     name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
     return {"tensorrt_version": trt.__version__, "gpu_name": name.strip("\x00 ")}
@@ -162,7 +165,7 @@ def build_plan(onnx_path: str | os.PathLike, settings: dict | TensorRTSettings, 
     Raises BackendUnavailable without TensorRT, InfantinoError when parsing or building fails (with the
     parser's messages).
     """
-    trt = _import_trt()
+    trt = import_trt()
     s = settings if isinstance(settings, TensorRTSettings) else TensorRTSettings.from_dict(settings)
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -239,7 +242,7 @@ def make_calibrator(trt, settings: TensorRTSettings, folder: str | os.PathLike):
                              "ship a QDQ-quantized ONNX or build fp16")
     data = load_calibration(settings, folder)
     cache = Path(folder) / settings.calibration_cache if settings.calibration_cache else None
-    cudart = _cudart()
+    cudart = cudart()
     batch = max(1, min(settings.max_batch, 8))
 
     class _Calibrator(base):
@@ -247,7 +250,7 @@ def make_calibrator(trt, settings: TensorRTSettings, folder: str | os.PathLike):
             base.__init__(self)
             self.i = 0
             self.nbytes = batch * int(np.prod(data.shape[1:])) * 4
-            self.ptr = _ck(cudart.cudaMalloc(self.nbytes))
+            self.ptr = check_cuda(cudart.cudaMalloc(self.nbytes))
 
         def get_batch_size(self):
             return batch
@@ -257,7 +260,7 @@ def make_calibrator(trt, settings: TensorRTSettings, folder: str | os.PathLike):
                 return None
             chunk = np.ascontiguousarray(data[self.i:self.i + batch])
             self.i += batch
-            _ck(cudart.cudaMemcpy(self.ptr, chunk.ctypes.data, chunk.nbytes,
+            check_cuda(cudart.cudaMemcpy(self.ptr, chunk.ctypes.data, chunk.nbytes,
                                   cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
             return [int(self.ptr)]
 

@@ -93,7 +93,7 @@ class Head:
         for i in range(n_layers):
             x = x @ self.weights[2 * i].astype(np.float64) + self.weights[2 * i + 1].astype(np.float64)
             if i < n_layers - 1:
-                x = _activate(x, self.activation)
+                x = activate(x, self.activation)
         x = x - x.max(axis=1, keepdims=True)
         np.exp(x, out=x)
         x /= x.sum(axis=1, keepdims=True)
@@ -233,7 +233,7 @@ def validate_weights(weights: Sequence[np.ndarray], n_classes: int) -> None:
             raise HeadError("weights contain NaN or Inf")
 
 
-def _activate(x: np.ndarray, name: str) -> np.ndarray:
+def activate(x: np.ndarray, name: str) -> np.ndarray:
     if name == "relu":
         return np.maximum(x, 0, out=x)
     if name == "tanh":
