@@ -22,22 +22,32 @@ def setup_logging(verbose: int = 0) -> None:
 
 
 def run_subcommands(prog: str, description: str, modules: Sequence[str], package: str,
-                    argv: Sequence[str] | None = None) -> int:
+                    argv: Sequence[str] | None = None, default: str | None = None) -> int:
     """Build an argparse CLI from subcommand modules (each has HELP, add_arguments(p), run(args) -> int) and run it.
 
+    `default`: the subcommand meant when the arguments start with an option (`infantino-compile --model ...`).
     User errors (InfantinoError, ValueError, FileNotFoundError) print `prog: error: ...` and exit 2.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     runners: dict[str, Callable] = {}
     argv = list(sys.argv[1:] if argv is None else argv)
+    if default and argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv.insert(0, default)
     chosen = next((a for a in argv if not a.startswith("-")), None)
+    if argv and not argv[0].startswith("-") and argv[0] not in modules:
+        from .choices import unknown_message
+
+        print(f"{prog}: error: {unknown_message('command', argv[0], modules)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     for name in modules:
         mod = importlib.import_module(f"{package}.{name.replace('-', '_')}")
-        p = sub.add_parser(name, help=mod.HELP, description=(mod.__doc__ or mod.HELP).strip())
+        p = sub.add_parser(name, help=mod.HELP, description=(mod.__doc__ or mod.HELP).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         # Only the chosen subcommand's options are built: some pull in heavy modules for their defaults.
         if chosen is None or chosen == name or chosen not in modules:
             mod.add_arguments(p)

@@ -1,0 +1,22 @@
+"""Create an Ed25519 key pair: DIR/signing.key (private, mode 0600, never put it in a bundle) and DIR/signing.pub
+(for devices)."""
+
+from __future__ import annotations
+
+HELP = "create the Ed25519 signing key pair"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--out", required=True, help="folder for signing.key and signing.pub")
+    p.add_argument("--force", action="store_true", help="replace an existing key pair")
+
+
+def run(args) -> int:
+    from ..bundle_writer import keygen
+
+    priv, pub = keygen(args.out, force=args.force)
+    print(f"private key: {priv} (keep it secret; pass it as --key)")
+    print(f"public key:  {pub} (install it on devices)")
+    return 0
+
+
