@@ -23,8 +23,7 @@ import numpy as np
 
 from infantino.runtime.configfile import short_error
 from infantino.runtime.contract.head import Head
-from infantino.runtime.contract.messages import (CommandMessage, FacePrediction, PredictionMessage, SampleMessage,
-                                                 StatusMessage)
+from infantino.runtime.contract.messages import CommandMessage, PredictionMessage, SampleMessage, StatusMessage
 from infantino.runtime.mqtt import Message
 
 from .config import DeviceConfig
@@ -371,9 +370,7 @@ class DeviceDaemon:
             return
         msg = PredictionMessage(device_id=self.config.device_id, frame_id=frame_id, timestamp=ts,
                                 head_version=head_version,
-                                faces=[FacePrediction(box=tuple(int(v) for v in f.box), label=f.label,
-                                                      probabilities=f.probabilities, entropy=f.entropy,
-                                                      prediction_set=list(f.prediction_set)) for f in faces])
+                                faces=[f.to_message() for f in faces])
         self.link.publish_prediction(msg)
 
     # ---- updates and commands --------------------------------------------------------------------

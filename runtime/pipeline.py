@@ -54,8 +54,9 @@ class FaceResult:
         """The face as the MQTT FacePrediction model."""
         from .contract.messages import FacePrediction
 
-        return FacePrediction(box=self.box, label=self.label, probabilities=self.probabilities,
-                              entropy=self.entropy, prediction_set=self.prediction_set)
+        return FacePrediction(box=tuple(int(v) for v in self.box), label=self.label,
+                              probabilities=self.probabilities, entropy=self.entropy,
+                              prediction_set=list(self.prediction_set))
 
 
 @dataclass(frozen=True)

@@ -87,8 +87,6 @@ class ProjectionPipeline:
 
     def predict_frame(self, frame):
         import time
-        from types import SimpleNamespace
-
         t0 = time.perf_counter()
         if self.delay_s:
             time.sleep(self.delay_s)
@@ -99,10 +97,13 @@ class ProjectionPipeline:
         p = head.predict(emb[None])[0]
         t2 = time.perf_counter()
         timings = {"detect": 0.0, "preprocess": 0.0, "embed": (t1 - t0) * 1e3, "head": (t2 - t1) * 1e3}
-        face = SimpleNamespace(box=(0, 0, frame.shape[1], frame.shape[0]), label=p.label,
-                               probabilities=p.probabilities, entropy=p.entropy, prediction_set=p.prediction_set,
-                               head_version=p.head_version, embedding=emb, timings=timings)
-        return SimpleNamespace(faces=[face], timings=timings, head_version=head.version)
+        from infantino.runtime.pipeline import FaceResult, FrameResult
+
+        box = (0, 0, frame.shape[1], frame.shape[0])
+        face = FaceResult(box=box, crop_box=box, label=p.label, index=p.index, probabilities=p.probabilities,
+                          entropy=p.entropy, prediction_set=p.prediction_set, head_version=p.head_version,
+                          embedding=emb, timings=timings)
+        return FrameResult([face], timings, head.version)
 
     def predict(self, frame):
         return self.predict_frame(frame).faces
