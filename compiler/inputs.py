@@ -7,7 +7,6 @@ been fitted on this very extractor (same extractor_id), or the bundle would pred
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -15,11 +14,11 @@ from typing import Any, Optional
 from infantino.runtime.contract.errors import HeadError, InfantinoError
 from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.layout import EXTRACTOR_FILE, HEAD_FILE
+from infantino.trainer.tracking import is_mlflow_uri, parse_models_uri
 
 log = logging.getLogger(__name__)
 
 HEAD_MODEL = "infantino-head"
-_MODELS_URI = re.compile(r"^models:/([^/@]+)(?:@([^/]+)|/(\d+))/?$")
 
 
 @dataclass
@@ -35,13 +34,9 @@ class LoadedModel:
     source: str
 
 
-def is_uri(s: str) -> bool:
-    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:/", str(s))) and not str(s).startswith("file:")
-
-
 def resolve_checkpoint(model: str) -> Path:
     """extractor.pt for a file, a folder holding one (e.g. `infantino-train fit --out`), or an MLflow URI."""
-    if is_uri(model):
+    if is_mlflow_uri(model):
         from infantino.trainer import tracking
 
         return Path(tracking.resolve_extractor(model))
@@ -66,9 +61,9 @@ def load_model(model: str) -> LoadedModel:
     ckpt = resolve_checkpoint(model)
     net, config = load_extractor(ckpt)
     name, version = ckpt.parent.name or "extractor", "local"
-    m = _MODELS_URI.match(str(model))
-    if m:
-        name, alias, num = m.groups()
+    parsed = parse_models_uri(model)
+    if parsed:
+        name, alias, num = parsed
         version = num or alias
         if alias:
             try:
@@ -83,9 +78,9 @@ def load_model(model: str) -> LoadedModel:
 
 def default_head(model: str) -> Optional[str]:
     """The head that goes with --model: models:/<extractor>@ALIAS -> models:/infantino-head@ALIAS, else None."""
-    m = _MODELS_URI.match(str(model))
-    if m and m.group(2):
-        return f"models:/{HEAD_MODEL}@{m.group(2)}"
+    parsed = parse_models_uri(model)
+    if parsed and parsed[1]:
+        return f"models:/{HEAD_MODEL}@{parsed[1]}"
     return None
 
 
@@ -98,12 +93,12 @@ def resolve_head_file(head: Optional[str], checkpoint: Path, model: str = "") ->
         p = checkpoint.parent / HEAD_FILE
         if p.is_file():
             return p
-        if is_uri(model):
+        if is_mlflow_uri(model):
             raise InfantinoError(f"--model {model} names no alias to find its head by and carries no {HEAD_FILE}; "
                                  f"pass --head (models:/{HEAD_MODEL}@ALIAS or a {HEAD_FILE})")
         raise InfantinoError(f"no initial head: {p} does not exist; pass --head (a {HEAD_FILE}, a trainer output "
                              "folder, or models:/infantino-head@champion)")
-    if is_uri(head):
+    if is_mlflow_uri(head):
         from infantino.trainer import tracking
 
         d = Path(tracking.resolve_head(head))

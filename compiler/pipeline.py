@@ -27,6 +27,7 @@ from infantino.runtime.contract.layout import HEAD_FILE, MANIFEST_FILE, REFERENC
 from infantino.runtime.contract.manifest import (ArtifactInfo, FileEntry, HeadRef, Manifest, ModelInfo,
                                                  ParityEntry, RealFaceEntry, RealFaceReport)
 from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
+from infantino.trainer.tracking import is_mlflow_uri
 
 from . import parity as parity_mod
 from .bundle_writer import BundleStager, check_out, sha256_file
@@ -181,25 +182,19 @@ def plan(options: CompileOptions) -> CompilePlan:
     needs_calib = any(f.exporter.needs_calibration(f.precisions) for f in formats)
     if needs_calib and options.calib_images < 1:
         raise ValueError("int8 needs calibration images: --calib-images must be >= 1")
-    if not _is_uri(options.model):
+    if not is_mlflow_uri(options.model):
         from .inputs import resolve_checkpoint
 
         resolve_checkpoint(options.model)  # a missing file fails here, before any work
-    if options.head is not None and not _is_uri(options.head) and not Path(options.head).expanduser().exists():
+    if options.head is not None and not is_mlflow_uri(options.head) and not Path(options.head).expanduser().exists():
         raise FileNotFoundError(f"--head {options.head}: no such file or folder")
     key = _load_key(options.key)
     out = Path(options.out).expanduser().absolute()
     check_out(out, options.force)
     log_mlflow = options.mlflow if options.mlflow is not None else bool(
-        options.mlflow_uri or _is_uri(options.model) or _is_uri(options.head or ""))
+        options.mlflow_uri or is_mlflow_uri(options.model) or is_mlflow_uri(options.head or ""))
     return CompilePlan(options=options, target=target, formats=formats, manifest_precision=manifest_precision,
                        private_key=key, out=out, needs_calibration=needs_calib, log_mlflow=log_mlflow)
-
-
-def _is_uri(s: str) -> bool:
-    from .inputs import is_uri
-
-    return bool(s) and is_uri(s)
 
 
 def _load_key(path: Optional[str]):
@@ -235,7 +230,7 @@ def _compile(p: CompilePlan, stages: Stages, work: Path) -> CompileResult:
 
     o = p.options
     with stages.stage("load extractor and head"):
-        if o.mlflow_uri or _is_uri(o.model) or _is_uri(o.head or ""):
+        if o.mlflow_uri or is_mlflow_uri(o.model) or is_mlflow_uri(o.head or ""):
             from infantino.trainer import tracking
 
             tracking.configure_tracking(o.mlflow_uri)

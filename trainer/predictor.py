@@ -150,14 +150,12 @@ def _session_extractor(head_dir: Path) -> str | None:
 
 
 def registry_extractor_version(head_uri: str, prefix: str) -> str | None:
-    import re
-
     from . import tracking
 
-    m = re.match(r"^models:/([^/@]+)(?:@([^/]+)|/(\d+))/?$", head_uri)
-    if not m:
+    parsed = tracking.parse_models_uri(head_uri)
+    if parsed is None:
         return None
-    name, alias, num = m.groups()
+    name, alias, num = parsed
     try:
         client = tracking.mlflow_client()
         v = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, num)

@@ -406,6 +406,15 @@ def _version_metric(client, version, metric: str | None) -> float | None:
 
 # ---- resolving models to local files ---------------------------------------------------------------------
 
+MODELS_URI = re.compile(r"^models:/([^/@]+)(?:@([^/]+)|/(\d+))/?$")
+
+
+def parse_models_uri(uri: str) -> tuple[str, str | None, str | None] | None:
+    """models:/NAME@ALIAS or models:/NAME/VERSION -> (name, alias, version); None for anything else."""
+    m = MODELS_URI.match(str(uri))
+    return m.groups() if m else None
+
+
 def is_mlflow_uri(s: str) -> bool:
     """models:/..., runs:/..., s3://..., http(s)://... (not a local path)."""
     return bool(_URI_RE.match(str(s))) and not str(s).startswith("file:")
