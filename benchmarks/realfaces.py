@@ -85,7 +85,7 @@ def measure(bundle, specs: list[tuple[str, Optional[str]]], head=None, detector:
         row = RealFaceRow(key=name + (f":{prec}" if prec else ""), detector=detector)
         try:
             pipe = Pipeline(bundle, backend=name, precision=prec, threads=threads, head=head,
-                            face=FaceOptions(detector=detector))
+                            face=FaceOptions(detector=detector, track=False))  # independent scenes
         except Exception as e:  # backend or detector missing: the row says why
             row.status, row.reason = "failed", f"{type(e).__name__}: {e}"
             rows.append(row)

@@ -6,6 +6,11 @@ patches, natural photos), at a face size of 48-240 px, turned 0, +-30, 90, 180 o
 the whole frame is lit 0.6-1.3x. Every scene carries its ground truth (face box, rotation, scale, brightness,
 source index), so detectors and the whole frame path can be scored on the same frames. Seeded: same seed,
 same frames.
+
+camera_scenes() makes a video instead of independent scenes: one static background (a fixed camera) with
+sensor noise, faces that drift a few pixels and turn a degree or so per frame, leave, and come back elsewhere
+in another orientation; the ground truth per frame as in Scene. write_video() stores any scene list as an
+MJPG .avi, the format `infantino-bench pipeline --video` reads.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ class Scene:
     """One frame and its ground truth; face-free frames have box None and face_index -1.
 
     box: the face's square (side = scale px, axis-aligned, centred on the face centre) in frame pixels
-    (x, y, w, h); rotation: degrees the face is turned clockwise on screen; background: its kind.
+    (x, y, w, h); rotation: degrees the face is turned clockwise on screen; background: its kind;
+    segment: the run of a camera clip the frame belongs to (camera_scenes), -1 for independent scenes.
     """
 
     frame: np.ndarray
@@ -64,6 +70,7 @@ class Scene:
     face_index: int
     source: str
     background: str
+    segment: int = -1
 
     @property
     def has_face(self) -> bool:
@@ -307,3 +314,130 @@ def face_free_scenes(n: int, seed: int = 1, size: tuple[int, int] = FRAME_SIZE,
         b = float(rng.uniform(*brightness))
         out.append(Scene(_lit(frame, b), None, 0, 0, b, -1, "none", kind))
     return out
+
+
+# ---- camera-like clips ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CameraSegment:
+    """A run of frames of a camera clip: `source` None = no face; else where the face starts and how it moves
+    (centre in px, velocity in px/frame, rotation in degrees clockwise and its change per frame, size in px)."""
+
+    start: int
+    length: int
+    source: Optional[int]
+    centre: tuple[float, float] = (0.0, 0.0)
+    velocity: tuple[float, float] = (0.0, 0.0)
+    rotation: float = 0.0
+    spin: float = 0.0
+    scale: int = 0
+
+
+def camera_segments(n_frames: int, n_sources: int, seed: int = 0, size: tuple[int, int] = FRAME_SIZE,
+                    segment: tuple[int, int] = (25, 45), face_free_every: int = 3,
+                    speed: tuple[float, float] = (1.0, 3.0), spin: tuple[float, float] = (0.0, 1.0),
+                    scales: tuple[int, int] = (72, 200), rotations: Sequence[int] = (0, 90, 180, 270),
+                    still_every: int = 0) -> list[CameraSegment]:
+    """The plan of a clip: segments of `segment` frames, every `face_free_every`-th without a face (0 = none;
+    with the default 3: face, face, none, face, ...), each face segment with a random source, start
+    orientation, size, drift and spin; every `still_every`-th face segment (0 = none) neither drifts nor turns
+    (a sleeping infant: only the sensor noise changes)."""
+    if n_frames < 1 or n_sources < 1:
+        raise ValueError(f"camera_segments: need frames and faces, got {n_frames} frames, {n_sources} sources")
+    if not 0 < segment[0] <= segment[1]:
+        raise ValueError(f"segment lengths must be 0 < min <= max, got {segment}")
+    w, h = size
+    if scales[1] * 1.42 > min(w, h):
+        raise ValueError(f"scale {scales[1]} px does not fit a turned face into a {w}x{h} frame")
+    rng = np.random.default_rng(seed)
+    out: list[CameraSegment] = []
+    start = 0
+    while start < n_frames:
+        length = min(int(rng.integers(segment[0], segment[1] + 1)), n_frames - start)
+        if face_free_every > 0 and len(out) % face_free_every == face_free_every - 1:
+            out.append(CameraSegment(start, length, None))
+        else:
+            scale = int(rng.integers(scales[0], scales[1] + 1))
+            half = scale * 0.71  # a face turned any way stays inside the frame
+            a = rng.uniform(0, 2 * math.pi)
+            v = rng.uniform(*speed)
+            turn = float(rng.uniform(*spin) * rng.choice([-1, 1]))
+            faces_so_far = sum(seg.source is not None for seg in out)
+            if still_every > 0 and faces_so_far % still_every == still_every - 1:
+                v, turn = 0.0, 0.0
+            out.append(CameraSegment(start, length, int(rng.integers(n_sources)),
+                                     (float(rng.uniform(half, w - half)), float(rng.uniform(half, h - half))),
+                                     (v * math.cos(a), v * math.sin(a)), float(rng.choice(rotations)),
+                                     turn, scale))
+        start += length
+    return out
+
+
+def camera_scenes(faces: Sequence[np.ndarray | FaceSource], n_frames: int = 150, seed: int = 0,
+                  size: tuple[int, int] = FRAME_SIZE, background: str = "natural", noise: float = 2.0,
+                  **plan) -> list[Scene]:
+    """A camera-like clip of `n_frames` frames (consecutive frames similar) with ground truth per frame.
+
+    One background of kind `background` for the whole clip (a fixed camera), Gaussian sensor noise of
+    `noise` grey levels per frame; faces follow camera_segments(**plan): they drift 1-3 px and turn up to
+    1 degree per frame (bouncing off the frame edges), disappear for a while and reappear elsewhere in
+    another orientation. Scene.rotation is the face's rotation rounded to a degree, Scene.segment the
+    segment's index and Scene.background "face" or "none".
+    """
+    if not faces:
+        raise ValueError("camera_scenes: no faces given")
+    srcs = [f if isinstance(f, FaceSource) else FaceSource.whole(f, f"face{i}") for i, f in enumerate(faces)]
+    w, h = size
+    rng = np.random.default_rng(seed)
+    base = Backgrounds(size).make(background, rng)
+    out = []
+    for k, seg in enumerate(camera_segments(n_frames, len(srcs), seed=seed + 1, size=size, **plan)):
+        cx, cy = seg.centre
+        vx, vy = seg.velocity
+        rot = seg.rotation
+        for _ in range(seg.length):
+            frame = base.copy()
+            box = None
+            if seg.source is not None:
+                paste(frame, srcs[seg.source], seg.scale, rot, (cx, cy))
+                box = (int(round(cx - seg.scale / 2)), int(round(cy - seg.scale / 2)), seg.scale, seg.scale)
+            noisy = frame.astype(np.float32) + rng.normal(0.0, noise, frame.shape).astype(np.float32)
+            frame = np.clip(noisy, 0, 255).round().astype(np.uint8)
+            if seg.source is None:
+                out.append(Scene(frame, None, 0, 0, 1.0, -1, "none", "none", k))
+                continue
+            r = int(round(rot)) % 360
+            out.append(Scene(frame, box, r - 360 if r > 180 else r, seg.scale, 1.0, seg.source,
+                             srcs[seg.source].name, "face", k))
+            half = seg.scale * 0.71
+            if not half <= cx + vx <= w - half:
+                vx = -vx
+            if not half <= cy + vy <= h - half:
+                vy = -vy
+            cx, cy, rot = cx + vx, cy + vy, rot + seg.spin
+    return out
+
+
+def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: float = 15.0) -> Path:
+    """Write BGR frames (one size) as an MJPG .avi through OpenCV, atomically (temp file, then rename)."""
+    import cv2
+
+    path = Path(path)
+    if not frames:
+        raise ValueError("write_video: no frames")
+    if path.suffix.lower() != ".avi":
+        raise ValueError(f"write_video writes MJPG .avi files, got {path.name}")
+    h, w = frames[0].shape[:2]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.avi")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write MJPG .avi here ({tmp})")
+    try:
+        for f in frames:
+            if f.shape[:2] != (h, w):
+                raise ValueError(f"write_video: frame of shape {f.shape[:2]} in a {w}x{h} clip")
+            writer.write(f)
+    finally:
+        writer.release()
+    tmp.replace(path)
+    return path

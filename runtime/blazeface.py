@@ -14,7 +14,9 @@ FaceFinder adds a second stage: each candidate of the search model is cut out of
 (2x its size), turned upright by its own eye line and checked by the short-range model, which sees it large
 and upright. On our scenes this check scores real faces 0.85+ and false candidates (noise, textures, photos)
 below 0.7, so the search model may use a low threshold (small faces) without false faces; the checked
-detection also gives more exact keypoints, hence a better roll angle.
+detection also gives more exact keypoints, hence a better roll angle. The same check, run on the region of a
+face found in the previous frame, is what follows a face through a video (runtime.face's BlazeFaceDetector
+with FaceOptions.track): one short-range pass per face instead of a search.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose", "mouth", "right_ear", "left_ear")
 RAW_SCORE_LIMIT = 80.0  # MediaPipe clips at 100; 80 keeps exp() finite in float32
+SCENE_CUT = 25.0  # mean absolute grey-level change of the frame thumbnail that means "another scene"
+STILL_LEVELS = 20.0  # a thumbnail sample that changed by more than this (grey levels) is not sensor noise
+STILL_SAMPLES = 2  # ... and this many such samples mean the frame changed
 
 
 @dataclass(frozen=True)
@@ -312,6 +317,9 @@ class FaceFinder:
         self.verify_score = float(verify_score)
         self.zoom = float(zoom)
         self.max_candidates = int(max_candidates)
+        # Model calls so far: "search" = search-model passes (one per view and orientation), "check" = short-range
+        # checks. Counted, not timed, so tests and benchmarks can tell cheap frames from searched ones exactly.
+        self.runs = {"search": 0, "check": 0}
 
     def verify(self, frame_bgr: np.ndarray, cand: Detection) -> Optional[Detection]:
         """The candidate re-detected by the short-range model in an upright crop 2x its size, or None."""
@@ -327,6 +335,7 @@ class FaceFinder:
         m = cv2.getRotationMatrix2D((cx, cy), angle, n / side)  # turns the face upright (counter-clockwise)
         m[:, 2] += (n / 2.0 - cx, n / 2.0 - cy)
         crop = cv2.warpAffine(frame_bgr, m, (n, n), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        self.runs["check"] += 1
         hit = _near_centre(self.verifier.run(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)))
         if hit is None or hit[2] < self.verify_score:
             return None
@@ -368,6 +377,7 @@ class FaceFinder:
         for level, r in passes:
             if level not in cache:
                 cache[level] = self.views(frame_bgr, level)
+            self.runs["search"] += len(cache[level])
             cands = [c for square, placement in cache[level] for c in self.search.detect_square(square, placement, r)]
             if self.verifier is None:
                 if cands:
@@ -381,6 +391,51 @@ class FaceFinder:
 
 
 LEVELS = ("frame", "tiles")
+
+
+def nearest_rotation(angle: float, rotations: Sequence[int]) -> int:
+    """The orientation in `rotations` (degrees clockwise) closest to a face's roll `angle` on the circle."""
+    return min(rotations, key=lambda r: abs((angle - r + 180.0) % 360.0 - 180.0))
+
+
+def same_face(a: Detection, b: Detection, iou_threshold: float = 0.3) -> bool:
+    """Two detections of one face: boxes overlap (IoU > threshold) or one box's centre lies inside the other."""
+    ba, bb = np.asarray(a.box, np.float32), np.asarray(b.box, np.float32)
+    if iou_one_to_many(ba, bb[None])[0] > iou_threshold:
+        return True
+    for (x0, y0, x1, y1), other in ((a.box, bb), (b.box, ba)):
+        cx, cy = (other[0] + other[2]) / 2.0, (other[1] + other[3]) / 2.0
+        if x0 <= cx <= x1 and y0 <= cy <= y1:
+            return True
+    return False
+
+
+def thumbnail(frame_bgr: np.ndarray, cells: int = 32) -> np.ndarray:
+    """A ~cells-wide grey-ish float32 sample of the frame (every k-th pixel, channels averaged; ~10 us for 640x480):
+    enough to tell a new scene from the next frame of the same camera, not a picture."""
+    step = max(1, max(frame_bgr.shape[:2]) // cells)
+    sample = frame_bgr[::step, ::step]
+    return sample.astype(np.float32).mean(axis=2) if sample.ndim == 3 else sample.astype(np.float32)
+
+
+def unchanged(ref: Optional[np.ndarray], now: np.ndarray, levels: float = STILL_LEVELS,
+              samples: int = STILL_SAMPLES) -> bool:
+    """True when a thumbnail equals `ref` up to sensor noise: fewer than `samples` of its samples changed by more
+    than `levels` grey levels. Sensor noise of a few levels (and MJPG's) stays far below 20; a face that
+    appears, leaves or moves by a few pixels changes dozens of samples on its edges. Noisier cameras simply
+    count as changed more often (the detector then looks, as without this test)."""
+    if ref is None or ref.shape != now.shape:
+        return False
+    return int(np.count_nonzero(np.abs(ref - now) > levels)) < samples
+
+
+def scene_changed(prev: Optional[np.ndarray], now: np.ndarray, threshold: float = SCENE_CUT) -> bool:
+    """True when two thumbnails differ as unrelated images do: other shape, or mean absolute difference above
+    `threshold` grey levels. A face moving in a still scene changes a few percent of the samples (< 10 levels
+    on average); a cut to another image, a camera turned or the light switched changes most of them."""
+    if prev is None or prev.shape != now.shape:
+        return True
+    return float(np.abs(prev - now).mean()) > threshold
 
 
 def square_tiles(height: int, width: int) -> list[tuple[int, int, int]]:

@@ -69,3 +69,47 @@ def faces_centre_error(box, scene) -> float:
     x, y, w, h = scene.box
     cx, cy = box.x + box.w / 2, box.y + box.h / 2
     return float(np.hypot(cx - (x + w / 2), cy - (y + h / 2)) / w)
+
+
+@pytest.fixture(scope="session")
+def face_clip(blazeface_models):
+    """make(n, faces, background="gradient", seed=0) -> [(frame, [face square (x, y, w, h), ...])]: a camera clip.
+
+    One static background with sensor noise (sigma 2) and real heads pasted per frame; each entry of `faces`
+    is a dict: source ("astronaut" | "grace_hopper"), centre (x, y) at its first frame, velocity (px/frame),
+    rotation (degrees clockwise) and spin (degrees/frame), scale (px), frames (first, end) it is visible in.
+    """
+    from infantino.benchmarks.scenes import Backgrounds, paste, photo_face_sources
+
+    sources = {s.name: s for s in photo_face_sources()}
+
+    def make(n: int, faces: list[dict], background: str = "gradient", seed: int = 0):
+        rng = np.random.default_rng(seed)
+        base = Backgrounds().make(background, rng)
+        out = []
+        for i in range(n):
+            frame = base.copy()
+            boxes = []
+            for f in faces:
+                first, end = f.get("frames", (0, n))
+                if not first <= i < end:
+                    continue
+                k = i - first
+                cx = f["centre"][0] + f.get("velocity", (0, 0))[0] * k
+                cy = f["centre"][1] + f.get("velocity", (0, 0))[1] * k
+                scale = f.get("scale", 130)
+                paste(frame, sources[f.get("source", "astronaut")], scale,
+                      f.get("rotation", 0) + f.get("spin", 0.0) * k, (cx, cy))
+                boxes.append((int(round(cx - scale / 2)), int(round(cy - scale / 2)), scale, scale))
+            noisy = frame.astype(np.float32) + rng.normal(0, 2.0, frame.shape).astype(np.float32)
+            out.append((np.clip(noisy, 0, 255).round().astype(np.uint8), boxes))
+        return out
+
+    return make
+
+
+def faces_box_error(box, square) -> float:
+    """Distance of a detected box's centre from a face square's centre (x, y, w, h), in face sizes."""
+    x, y, w, h = square
+    cx, cy = box.x + box.w / 2, box.y + box.h / 2
+    return float(np.hypot(cx - (x + w / 2), cy - (y + h / 2)) / w)

@@ -205,7 +205,7 @@ def test_pipeline_bad_arguments(bench_bundle, tmp_path, capsys):
 # ---- detect -------------------------------------------------------------------------------------------------------
 def test_detect_recall_false_faces_and_timing(blazeface_models, tmp_path):
     rc = _bench("detect", "--detectors", "blazeface:full,haar", "--photo-scenes", 6, "--lfw-faces", 2,
-                "--lfw-scenes", 2, "--face-free", 6, "--warmup", 1, "--no-peak",
+                "--lfw-scenes", 2, "--face-free", 6, "--warmup", 1, "--no-peak", "--camera-frames", 30,
                 "--json", tmp_path / "d.json", "--csv", tmp_path / "d.csv", "--plot", tmp_path / "plots")
     assert rc == 0
     rep, csv_rows = _read(tmp_path, "d")

@@ -8,7 +8,7 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
-from fixtures_faces import faces_angle_diff, faces_centre_error
+from fixtures_faces import faces_angle_diff, faces_box_error, faces_centre_error
 
 from infantino.runtime import blazeface as bf
 from infantino.runtime.contract.errors import InfantinoError, WeightsUnavailable
@@ -65,6 +65,29 @@ def test_square_tiles_cover_the_frame():
     assert bf.square_tiles(1280, 720) == [(0, 0, 720), (0, 560, 720)]
     assert bf.square_tiles(480, 960) == [(0, 0, 480), (240, 0, 480), (480, 0, 480)]
     assert bf.square_tiles(300, 300) == []
+
+
+def test_frame_change_tests_tell_noise_from_a_new_face_and_a_new_scene():
+    rng = np.random.default_rng(0)
+    scene = cv2.resize(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), (640, 480), interpolation=cv2.INTER_CUBIC)
+
+    def noisy(img, sigma=3.0):
+        return np.clip(img + rng.normal(0, sigma, img.shape), 0, 255).astype(np.uint8)
+
+    ref = bf.thumbnail(noisy(scene))
+    assert ref.shape == (24, 32)
+    assert bf.unchanged(ref, bf.thumbnail(noisy(scene))) and not bf.scene_changed(ref, bf.thumbnail(noisy(scene)))
+    with_face = scene.copy()
+    cv2.circle(with_face, (300, 200), 36, (30, 60, 200), -1)  # something the size of a small face appears
+    assert not bf.unchanged(ref, bf.thumbnail(noisy(with_face)))
+    assert not bf.scene_changed(ref, bf.thumbnail(noisy(with_face)))  # the same scene, though
+    other = rng.integers(0, 256, scene.shape, dtype=np.uint8)
+    assert bf.scene_changed(ref, bf.thumbnail(other)) and bf.scene_changed(None, ref)
+    assert not bf.unchanged(None, ref) and not bf.unchanged(ref, bf.thumbnail(scene[:240]))
+    assert bf.nearest_rotation(50.0, (0, 90, 180, 270)) == 90 and bf.nearest_rotation(-100.0, (0, 90, 180, 270)) == 270
+    a = bf.Detection((100, 100, 200, 200), np.zeros((6, 2), np.float32), 0.9)
+    assert bf.same_face(a, bf.Detection((130, 120, 230, 220), a.keypoints, 0.9))
+    assert not bf.same_face(a, bf.Detection((300, 100, 400, 200), a.keypoints, 0.9))
 
 
 # ---- the models ---------------------------------------------------------------------------------------------
@@ -129,6 +152,147 @@ def test_remembers_the_orientation_that_found_faces(face_scene):
     assert det.last_pass == found_at
     upright_only = create_detector(FaceOptions(detector="blazeface", rotations=(0,)))
     assert upright_only.detect(upside_down.frame) == []
+
+
+# ---- following faces through a video (FaceOptions.track) -------------------------------------------------------
+def test_follows_a_moving_turning_face_with_one_check_per_frame(face_clip):
+    """25 frames of a face drifting 3 px and turning 1 degree per frame: found in every frame, searched only on
+    the first frame and every redetect_every (10) frames, one short-range check on every other frame."""
+    clip = face_clip(25, [dict(centre=(200, 220), velocity=(3, 1), spin=1.0, scale=130)])
+    det = create_detector(FaceOptions(detector="blazeface", redetect_every=10))
+    for i, (frame, (square,)) in enumerate(clip):
+        boxes = det.detect(frame)
+        assert len(boxes) == 1 and faces_box_error(boxes[0], square) < 0.25, (i, boxes, square)
+        assert faces_angle_diff(boxes[0].angle, i * 1.0) < 12, (i, boxes[0].angle)
+        assert len(det.last_search) == (4 if i % 10 == 0 else 0), (i, det.last_search)  # () = followed
+    st = det.stats
+    assert st["frames"] == 25 and st["searched"] == 3 and st["followed"] == 22  # searched at frames 0, 10, 20
+    assert st["search_passes"] == 3  # each search found the face in its first (remembered) orientation
+    assert 25 <= st["checks"] <= 25 + 2 * 3  # one check per followed frame, a candidate or two per search
+    # the same clip without tracking: a search pass on every frame
+    off = create_detector(FaceOptions(detector="blazeface", track=False))
+    assert all(len(off.detect(f)) == 1 for f, _ in clip)
+    assert off.stats["search_passes"] == 25 and off.stats["followed"] == 0
+    # redetect_every=1: tracking off, every frame searched
+    every = create_detector(FaceOptions(detector="blazeface", redetect_every=1))
+    assert all(len(every.detect(f)) == 1 for f, _ in clip[:5])
+    assert every.stats["followed"] == 0 and every.stats["searched"] == 5
+
+
+def test_a_face_that_leaves_is_dropped(face_clip):
+    clip = face_clip(12, [dict(centre=(320, 240), velocity=(2, 0), scale=140, frames=(0, 6))])
+    det = create_detector(FaceOptions(detector="blazeface", idle_after=0, skip_still=False))
+    found = [det.detect(f) for f, _ in clip]
+    assert all(len(b) == 1 for b in found[:6]) and all(b == [] for b in found[6:])
+    st = det.stats
+    assert st["followed"] == 5 and st["searched"] == 7  # the first frame, then every frame after the face left
+    assert st["checks"] == 5 + 1 + 1  # five followed frames, one search candidate, one failed check at frame 6
+    assert st["search_passes"] == 1 + 6 * 4  # face-free frames search every orientation (idle_after=0)
+    # skip_still (the default): the empty scene, searched once in every orientation, is not searched again
+    still = create_detector(FaceOptions(detector="blazeface"))
+    assert [len(still.detect(f)) for f, _ in clip] == [1] * 6 + [0] * 6
+    assert still.stats["still"] == 5 and still.stats["search_passes"] == 1 + 4
+
+
+def test_a_still_face_is_answered_without_models_and_searched_every_redetect_every_frames(face_clip):
+    clip = face_clip(25, [dict(centre=(300, 250), rotation=90, scale=140, frames=(0, 25))], seed=3)
+    det = create_detector(FaceOptions(detector="blazeface", redetect_every=10))
+    found = [det.detect(f) for f, _ in clip]
+    assert all(len(b) == 1 and faces_box_error(b[0], clip[0][1][0]) < 0.25 for b in found)
+    st = det.stats
+    assert st["searched"] == 3 and st["still"] == 22 and st["followed"] == 0  # searched at frames 0, 10, 20
+    assert st["search_passes"] == 3 and st["checks"] <= 3 * 2
+    moved = face_clip(2, [dict(centre=(330, 250), rotation=90, scale=140)], seed=3)[1][0]  # 30 px to the right
+    b = det.detect(moved)
+    assert det.stats["followed"] == 1 and len(b) == 1 and b[0].centre[0] > found[-1][0].centre[0] + 20
+
+
+def test_a_new_face_is_found_within_redetect_every_frames(face_clip):
+    """Face A is followed; face B appears at frame 3 and is found by the next scheduled search (frame 5)."""
+    clip = face_clip(12, [dict(source="astronaut", centre=(170, 240), velocity=(1, 0), scale=130),
+                          dict(source="grace_hopper", centre=(470, 250), scale=150, frames=(3, 12))],
+                     background="noise", seed=1)
+    det = create_detector(FaceOptions(detector="blazeface", largest_only=False, redetect_every=5))
+    counts = [len(det.detect(f)) for f, _ in clip]
+    first_b = next(i for i, c in enumerate(counts) if c == 2)
+    assert 3 <= first_b < 3 + 5, counts
+    assert all(c == 2 for c in counts[first_b:]), counts  # then both are followed
+    assert det.stats["followed"] >= 12 - 3  # searches only at frames 0, 5, 10 (plus a scene cut, if any)
+
+
+def test_face_free_frames_sweep_the_orientations_then_find_a_turned_face(face_clip):
+    rotations = (0, 90, 180, 270)
+    clip = face_clip(12, [dict(centre=(320, 240), rotation=180, scale=150, frames=(8, 12))], background="noise")
+    det = create_detector(FaceOptions(detector="blazeface", idle_after=2, skip_still=False))  # a restless scene
+    plans, found = [], []
+    for frame, _ in clip:
+        found.append(det.detect(frame))
+        plans.append(det.last_search)
+    assert found[:8] == [[]] * 8
+    assert [len(p) for p in plans[:2]] == [4, 4]  # every orientation until idle_after empty frames
+    assert all(len(p) == 2 and p[0] == ("frame", 0) for p in plans[2:8])  # then the last known + one in turn
+    assert {p[1][1] for p in plans[2:5]} == set(rotations) - {0}  # all covered within len(rotations) - 1 frames
+    first = next(i for i, b in enumerate(found) if b)
+    assert 8 <= first <= 8 + len(rotations) - 2, [len(b) for b in found]
+    assert faces_angle_diff(found[first][0].angle, 180) < 15 and det.last_rotation == 180
+    # the static-image mode never sweeps: every face-free frame searches every orientation
+    static = create_detector(FaceOptions(detector="blazeface", track=False, idle_after=2))
+    for frame, _ in clip[:5]:
+        static.detect(frame)
+        assert len(static.last_search) == 4
+    # a still empty scene (skip_still): searched once, then no model until the face appears, found at once
+    still = create_detector(FaceOptions(detector="blazeface", idle_after=2))
+    counts = [len(still.detect(f)) for f, _ in clip]
+    assert counts == [0] * 8 + [1] * 4 and still.stats["still"] == 7 + 3  # the face does not move either
+    assert still.stats["searched"] == 2  # frame 0 (every orientation) and frame 8
+
+
+def test_tracking_on_unrelated_images_gives_the_per_image_result(face_scene):
+    """Another image (a scene cut) drops what was followed: track=True on a photo folder still finds each face."""
+    scenes = [face_scene(r, scale=s, source=src, seed=k)
+              for k, (r, s, src) in enumerate([(0, 140, "astronaut"), (180, 120, "grace_hopper"),
+                                               (90, 160, "astronaut"), (270, 100, "grace_hopper")])]
+    tracked = create_detector(FaceOptions(detector="blazeface"))
+    static = create_detector(FaceOptions(detector="blazeface", track=False))
+    for sc in scenes + scenes[-2::-1]:
+        a, b = tracked.detect(sc.frame), static.detect(sc.frame)
+        assert len(a) == 1 and a == b and faces_centre_error(a[0], sc) < 0.25
+    assert tracked.stats["followed"] == 0 and tracked.stats["searched"] == 7
+    assert len(tracked.detect(scenes[0].frame)) == 1 and tracked.stats["still"] == 1  # the same frame again
+    tracked.reset()
+    assert tracked.last_rotation is None
+
+
+def test_one_detector_shared_by_threads(face_clip):
+    import threading
+
+    clip = face_clip(6, [dict(centre=(300, 240), velocity=(2, 1), scale=140)])
+    det = create_detector(FaceOptions(detector="blazeface"))
+    errors, counts = [], []
+
+    def work():
+        try:
+            counts.append(sum(len(det.detect(f)) for f, _ in clip))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and counts == [6, 6, 6] and det.stats["frames"] == 18
+
+
+def test_tracking_options_are_checked():
+    from pydantic import ValidationError
+
+    o = FaceOptions()
+    assert o.track is True and o.redetect_every == 10 and o.idle_after == 5 and o.skip_still is True
+    for bad in (dict(redetect_every=0), dict(idle_after=-1), dict(track="sometimes")):
+        with pytest.raises(ValidationError):
+            FaceOptions(**bad)
+    assert FaceOptions(redetect_every=1, idle_after=0, track=False).redetect_every == 1
 
 
 def test_small_faces_and_downscaled_detection(face_scene):

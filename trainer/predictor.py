@@ -53,7 +53,7 @@ class Predictor:
         if face:
             from infantino.runtime.face import create_detector
 
-            self._detector = create_detector()
+            self._detector = create_detector(track=False)  # unrelated images, not a camera: no tracking
 
     def predict_image(self, image) -> ImagePrediction:
         """A BGR uint8 array or an image path -> ImagePrediction (largest face if one is found)."""

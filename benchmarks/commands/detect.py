@@ -7,7 +7,15 @@ Scenes come from benchmarks.scenes (seeded): scikit-image's astronaut and matplo
 textures, LFW non-face patches, natural photos). A face counts as found when a box has IoU >= --iou with the
 ground-truth square or its centre lies inside it. Every frame runs through every detector in rotating order
 (interleaved timing). In "camera" order the scenes come in runs of one orientation, face-free frames last, as a
-crib camera sees them (a detector may remember the orientation); "shuffled" mixes them.
+crib camera sees them (a detector may remember the orientation); "shuffled" mixes them. These scenes are
+unrelated images, so every detector runs with FaceOptions(track=False) unless its entry says +track.
+
+The camera run (--camera-frames, default 150) is a video instead: benchmarks.scenes.camera_scenes, the photo
+faces drifting 1-3 px and turning up to 1 degree per frame over one static background, leaving and coming
+back elsewhere in another orientation, written as an MJPG .avi and decoded frame by frame as from a camera.
+Its detectors (--camera-detectors) compare the per-frame search (track off) with following faces (+track):
+recall, false faces, detection p50 against Haar's, model passes per frame, frames until a new face is found,
+and with --bundle the share of the whole frame path (decode + Pipeline.predict_frame) that detection takes.
 """
 
 from __future__ import annotations
@@ -26,8 +34,23 @@ from ..timing import rotation as rotation_order
 
 log = logging.getLogger(__name__)
 
-HELP = "face detectors on composited real faces: recall per rotation/scale, false faces, latency"
+HELP = "face detectors on composited real faces: recall per rotation/scale, false faces, latency; camera clip"
 DEFAULT_DETECTORS = "blazeface:full,blazeface:short,haar"
+DEFAULT_CAMERA_DETECTORS = "haar,blazeface:full,blazeface:full+track+moving,blazeface:full+track"
+SUFFIXES = ("tiles", "track", "moving")  # moving: track with skip_still off (a model on every frame)
+CAMERA_CSV_COLUMNS = ("key", "detector", "track", "status", "reason", "recall", "fp_rate", "detect_p50_ms",
+                      "detect_p95_ms", "detect_mean_ms", "face_p50_ms", "empty_p50_ms", "p50_vs_haar",
+                      "mean_vs_haar", "empty_p50_vs_haar", "search_passes_per_frame", "checks_per_frame",
+                      "followed_share", "still_share", "first_hit_max_frames", "first_hit_mean_frames",
+                      "e2e_mean_ms", "fps", "decode_ms", "detect_share", "face_frames", "empty_frames", "info")
+CAMERA_TABLE_COLUMNS = (("key", "detector", ""), ("status", "status", ""), ("recall", "recall", ".3f"),
+                        ("fp_rate", "false-face frames", "pct"), ("detect_p50_ms", "p50 ms", ".2f"),
+                        ("detect_mean_ms", "mean ms", ".2f"), ("empty_p50_ms", "p50 no face", ".2f"),
+                        ("p50_vs_haar", "p50 / haar", ".3f"), ("search_passes_per_frame", "search/frame", ".2f"),
+                        ("checks_per_frame", "checks/frame", ".2f"), ("followed_share", "followed", "pct"),
+                        ("still_share", "still", "pct"),
+                        ("first_hit_max_frames", "new face found after (max)", ""),
+                        ("fps", "frames/s", ".1f"), ("detect_share", "detect share", "pct"))
 CSV_COLUMNS = ("key", "detector", "status", "reason", "recall_photo", "recall_photo_min_rotation", "recall_lfw",
                "fp_rate", "false_boxes_per_face_frame", "angle_err_median_deg", "face_p50_ms", "face_p95_ms",
                "photo_p50_ms", "empty_p50_ms", "empty_p95_ms", "all_p50_ms", "p50_vs_haar", "photo_p50_vs_haar",
@@ -44,8 +67,9 @@ TABLE_COLUMNS = (("key", "detector", ""), ("status", "status", ""), ("recall_pho
 
 def add_arguments(p) -> None:
     p.add_argument("--detectors", default=DEFAULT_DETECTORS,
-                   help="comma list of NAME[:MODEL][+tiles], e.g. blazeface:full,blazeface:short+tiles,haar "
-                        f"(default {DEFAULT_DETECTORS})")
+                   help="comma list of NAME[:MODEL][+tiles][+track[+moving]], e.g. blazeface:full,"
+                        f"blazeface:short+tiles,haar (default {DEFAULT_DETECTORS}); without +track every scene is "
+                        "searched on its own; +moving: track but run a model on every frame (skip_still off)")
     p.add_argument("--photo-scenes", type=common.positive_int, default=60,
                    help="scenes per photo face (astronaut, grace_hopper; default 60 = 2 per rotation x scale)")
     p.add_argument("--lfw-faces", type=common.non_negative_int, default=50, help="LFW faces used (<= 100, default 50)")
@@ -60,6 +84,23 @@ def add_arguments(p) -> None:
     p.add_argument("--iou", type=common.positive_float, default=0.3, help="IoU that counts as found (default 0.3)")
     p.add_argument("--threads", type=common.positive_int, default=1, help="detector threads (BlazeFace; default 1)")
     p.add_argument("--warmup", type=common.non_negative_int, default=3, help="untimed frames first (default 3)")
+    cam = p.add_argument_group("camera run (a video of slowly moving faces)")
+    cam.add_argument("--camera-frames", type=common.non_negative_int, default=150,
+                     help="frames of the camera clip (default 150; 0 = no camera run)")
+    cam.add_argument("--camera-still-every", type=common.non_negative_int, default=0, metavar="K",
+                     help="every K-th face segment of the clip neither moves nor turns (a sleeping infant; "
+                          "default 0: every face drifts and turns)")
+    cam.add_argument("--camera-detectors", default=DEFAULT_CAMERA_DETECTORS,
+                     help=f"detectors of the camera run, as --detectors (default {DEFAULT_CAMERA_DETECTORS})")
+    cam.add_argument("--camera-video", type=Path, default=None, metavar="AVI",
+                     help="keep the clip as this MJPG .avi (e.g. for `infantino-bench pipeline --video`; "
+                          "default: a temporary file)")
+    cam.add_argument("--bundle", type=Path, default=None, metavar="B",
+                     help="bundle directory or .tar: also time the whole frame path per camera detector "
+                          "(Pipeline.predict_frame) and report detection's share of it")
+    cam.add_argument("--public-key", default=None, metavar="PEM",
+                     help="public key that signed the bundle (default $INFANTINO_PUBLIC_KEY)")
+    cam.add_argument("--backend", default="auto", help="inference backend of the frame path (default auto)")
     common.add_output_arguments(p)
 
 
@@ -79,25 +120,34 @@ class DetRow:
     examples: dict = field(default_factory=dict)  # scene index -> boxes
 
 
-def parse_detectors(text: str, min_size: int, threads: int) -> list[tuple[str, object]]:
-    """"blazeface:full+tiles,haar" -> [(key, FaceOptions)], names checked against the detector registry."""
+def parse_detectors(text: str, min_size: int, threads: int, largest_only: bool = False
+                    ) -> list[tuple[str, object]]:
+    """"blazeface:full+tiles,haar" -> [(key, FaceOptions)], names checked against the detector registry.
+
+    track is off unless an entry says +track: the scenes are unrelated images, and a camera run compares
+    searching every frame with following faces."""
     from infantino.runtime.face import FaceOptions, list_detectors
 
     out = []
     for part in [p.strip() for p in text.split(",") if p.strip()]:
-        base, plus, extra = part.partition("+")
+        base, *extras = part.split("+")
         name, _, model = base.partition(":")
         common.name_list(name, [d for d in list_detectors() if d != "full_frame"], "detectors", allow_all=False)
-        kw = dict(detector=name, largest_only=False, min_size=min_size, threads=threads)
+        kw = dict(detector=name, largest_only=largest_only, min_size=min_size, threads=threads, track=False)
         if model:
             if name != "blazeface":
                 raise ValueError(f"--detectors {part}: only blazeface takes a model (short or full)")
             common.name_list(model, ("short", "full"), "models", allow_all=False)
             kw["model"] = model
-        if plus:
-            if extra != "tiles" or name != "blazeface":
-                raise ValueError(f"--detectors {part}: the only suffix is +tiles, for blazeface")
-            kw["tiles"] = True
+        for extra in extras:
+            if extra not in SUFFIXES or name != "blazeface" or len(set(extras)) != len(extras):
+                raise ValueError(f"--detectors {part}: the suffixes are +tiles, +track and +track+moving, each "
+                                 "once, for blazeface")
+            kw[extra] = True
+        if kw.pop("moving", False):
+            if not kw["track"]:
+                raise ValueError(f"--detectors {part}: +moving (skip_still off) goes with +track")
+            kw["skip_still"] = False
         out.append((part, FaceOptions(**kw)))
     if not out:
         raise ValueError("--detectors: empty list")
@@ -121,9 +171,15 @@ def matches(box, gt: tuple[int, int, int, int], iou: float) -> bool:
 
 def run(args) -> int:
     specs = parse_detectors(args.detectors, args.min_size, args.threads)
+    camera_specs = parse_detectors(args.camera_detectors, args.min_size, args.threads, largest_only=True) \
+        if args.camera_frames else []
     common.check_output_paths(args)
     if args.lfw_faces > 100:
         raise ValueError(f"--lfw-faces: lfw_subset has 100 faces, got {args.lfw_faces}")
+    if args.camera_video is not None and args.camera_video.suffix.lower() != ".avi":
+        raise ValueError(f"--camera-video: the clip is written as MJPG .avi, got {args.camera_video.name}")
+    if args.bundle is not None and not args.bundle.exists():
+        raise FileNotFoundError(f"--bundle: no such bundle directory or .tar: {args.bundle}")
 
     from infantino.runtime.face import create_detector
 
@@ -181,6 +237,7 @@ def run(args) -> int:
                 if i in examples:
                     r.examples[i] = boxes
             prog.advance(task)
+    camera = _camera_run(args, camera_specs, console) if camera_specs else None
     machine["load_average_end"] = load_average()
 
     out_rows = [_summarize(r, face_scenes, empty_scenes) for r in rows]
@@ -200,8 +257,14 @@ def run(args) -> int:
               "face_options": {r.key: r.options.model_dump(mode="json") for r in rows}}
     summary = {f"{o['key']}.{k}": o.get(k) for o in out_rows if o["status"] == "ok"
                for k in ("recall_photo", "recall_photo_min_rotation", "fp_rate", "all_p50_ms", "p50_vs_haar")}
+    if camera is not None:
+        for o in camera["rows"]:
+            if o["status"] == "ok":
+                summary.update({f"camera.{o['key']}.{k}": o.get(k)
+                                for k in ("recall", "fp_rate", "detect_p50_ms", "p50_vs_haar", "detect_share")})
     report = rpt.make_report("detect", machine, config, out_rows, summary=summary, breakdown=breakdown,
-                             samples_ms={r.key: [round(x, 4) for x in r.face_ms + r.empty_ms] for r in rows})
+                             samples_ms={r.key: [round(x, 4) for x in r.face_ms + r.empty_ms] for r in rows},
+                             **({"camera": camera} if camera is not None else {}))
     cap = (f"{machine['cpu_model']}, {len(face_scenes)} face frames ({len(photos)} photo faces x "
            f"{args.photo_scenes}, {args.lfw_faces} LFW x {args.lfw_scenes}) + {len(empty_scenes)} face-free, "
            f"640x480, order={args.order}, seed={args.seed}, load {machine.get('load_average_start')} → "
@@ -216,8 +279,208 @@ def run(args) -> int:
                 continue
             cols = ((name, name, ""), *[(k, k, ".3f") for k in ok_keys], ("n", "n", ""))
             rpt.print_table(f"recall by {name}: {group} faces", cols, table, console=con)
+    if camera is not None:
+        c = camera["config"]
+        rpt.print_table("camera clip: per-frame search vs following faces", CAMERA_TABLE_COLUMNS, camera["rows"],
+                        console=con, caption=f"{c['frames']} frames 640x480 ({c['face_frames']} with a face, "
+                        f"{c['segments']} segments, still_every={c['still_every']}), MJPG decoded per frame, "
+                        f"seed {c['seed']}"
+                        + (f", frame path: {c['backend']} on {c['bundle']}" if c.get("bundle") else ""))
     common.write_outputs(report, args, CSV_COLUMNS, lambda rep, out: _plots(rep, out, (frames, examples, rows)))
+    if camera is not None and args.csv is not None:
+        path = rpt.write_csv(args.csv.with_name(f"{args.csv.stem}_camera.csv"), camera["rows"], machine,
+                             CAMERA_CSV_COLUMNS)
+        print(f"wrote {path}")
     return 0
+
+
+# ---- the camera run ------------------------------------------------------------------------------------------
+@dataclass
+class CamRow:
+    key: str
+    options: object
+    detector: object = None
+    pipe: object = None
+    failure: Optional[str] = None
+    found: list = field(default_factory=list)  # per face frame: bool
+    fp: list = field(default_factory=list)  # per face-free frame: bool
+    face_ms: list = field(default_factory=list)  # detection ms per face frame
+    empty_ms: list = field(default_factory=list)
+    e2e_ms: list = field(default_factory=list)  # decode + predict_frame, with --bundle
+    stats0: dict = field(default_factory=dict)  # detector counters when timing started
+
+
+def _camera_run(args, specs: list, console) -> dict:
+    """Run the camera clip through every camera detector, frame by frame in rotating order (see module doc)."""
+    import tempfile
+
+    import cv2
+
+    from infantino.runtime.face import Box, create_detector
+
+    from .. import scenes as sc
+
+    rows = []
+    for key, opts in specs:
+        r = CamRow(key, opts)
+        try:
+            r.detector = create_detector(opts)
+        except Exception as e:  # missing models / OpenCV without cascades: keep the row with the reason
+            r.failure = f"{type(e).__name__}: {e}"
+        rows.append(r)
+    bundle = None
+    if args.bundle is not None:
+        from infantino.runtime.bundle import load_bundle
+        from infantino.runtime.pipeline import Pipeline
+
+        bundle = load_bundle(args.bundle, public_key=args.public_key)
+        for r in rows:
+            if r.failure is None:
+                try:
+                    r.pipe = Pipeline(bundle, backend=args.backend, detector=r.detector, threads=args.threads)
+                except Exception as e:  # backend missing: the row says why
+                    r.failure = f"{type(e).__name__}: {e}"
+
+    t0 = time.perf_counter()
+    seed = args.seed + 4
+    clip = sc.camera_scenes(sc.photo_face_sources(), n_frames=args.camera_frames, seed=seed,
+                            still_every=args.camera_still_every)
+    tmp = None
+    if args.camera_video is None:
+        tmp = tempfile.TemporaryDirectory(prefix="infantino-camera-")
+        video = Path(tmp.name) / "camera.avi"
+    else:
+        video = args.camera_video
+    try:
+        sc.write_video(video, [s.frame for s in clip])
+        log.info("camera clip: %d frames in %.1f s -> %s", len(clip), time.perf_counter() - t0, video)
+        live = [r for r in rows if r.failure is None]
+        cap = cv2.VideoCapture(str(video))
+        if not cap.isOpened():
+            raise RuntimeError(f"OpenCV cannot read back {video}")
+        decode_ms: list[float] = []
+        from rich.progress import Progress
+
+        with Progress(console=console, transient=True) as prog:
+            task = prog.add_task("camera frames", total=len(clip))
+            for i, s in enumerate(clip):
+                t = time.perf_counter()
+                ok, frame = cap.read()
+                dec = (time.perf_counter() - t) * 1e3
+                if not ok:
+                    raise RuntimeError(f"{video}: frame {i} could not be decoded")
+                decode_ms.append(dec)
+                if i == 0:  # warm up on the first frame, then start every detector afresh
+                    for r in live:
+                        for _ in range(max(1, args.warmup)):
+                            (r.pipe.predict_frame if r.pipe else r.detector.detect)(frame)
+                        r.detector.reset()
+                        r.stats0 = dict(getattr(r.detector, "stats", {}))
+                for j in rotation_order(len(live), i):
+                    r = live[j]
+                    if r.failure:
+                        continue
+                    try:
+                        t = time.perf_counter()
+                        if r.pipe is not None:
+                            res = r.pipe.predict_frame(frame)
+                            total = (time.perf_counter() - t) * 1e3
+                            ms = float(res.timings["detect"])
+                            boxes = [Box(*f.box) for f in res.faces]
+                            r.e2e_ms.append(dec + total)
+                        else:
+                            boxes = r.detector.detect(frame)
+                            ms = (time.perf_counter() - t) * 1e3
+                    except Exception as e:
+                        r.failure = f"{type(e).__name__}: {e}"
+                        continue
+                    if s.has_face:
+                        r.face_ms.append(ms)
+                        r.found.append(any(matches(b, s.box, args.iou) for b in boxes))
+                    else:
+                        r.empty_ms.append(ms)
+                        r.fp.append(bool(boxes))
+                prog.advance(task)
+        cap.release()
+    finally:
+        for r in rows:
+            if r.pipe is not None:
+                r.pipe.close()
+        if tmp is not None:
+            tmp.cleanup()
+    out = [_camera_summary(r, clip, decode_ms) for r in rows]
+    haar = next((o for o in out if o["detector"] == "haar" and o["status"] == "ok"), None)
+    for o in out:
+        if o["status"] == "ok" and haar:
+            for k, ref in (("p50_vs_haar", "detect_p50_ms"), ("mean_vs_haar", "detect_mean_ms"),
+                           ("empty_p50_vs_haar", "empty_p50_ms")):
+                o[k] = o[ref] / haar[ref] if o.get(ref) is not None and haar.get(ref) else None
+    segments = sorted({s.segment for s in clip})
+    config = {"frames": len(clip), "face_frames": sum(s.has_face for s in clip), "segments": len(segments),
+              "seed": seed, "still_every": args.camera_still_every, "detectors": args.camera_detectors,
+              "min_size": args.min_size, "iou": args.iou,
+              "video": None if tmp is not None else str(video), "bundle": str(args.bundle) if args.bundle else None,
+              "backend": args.backend if args.bundle else None, "decode_p50_ms": _pct(decode_ms, 50),
+              "face_options": {r.key: r.options.model_dump(mode="json") for r in rows},
+              "segments_plan": [{"segment": k, "frames": sum(s.segment == k for s in clip),
+                                 "face": next((s.source for s in clip if s.segment == k), None),
+                                 "rotation_start": next((s.rotation for s in clip if s.segment == k), None),
+                                 "scale": next((s.scale for s in clip if s.segment == k), None)} for k in segments]}
+    return {"config": config, "rows": out,
+            "samples_ms": {r.key: [round(x, 4) for x in _in_clip_order(r, clip)] for r in rows}}
+
+
+def _in_clip_order(r: CamRow, clip: list) -> list[float]:
+    """Detection ms per frame in clip order (face and face-free frames interleaved again)."""
+    face, empty = iter(r.face_ms), iter(r.empty_ms)
+    out = []
+    for s in clip:
+        v = next(face if s.has_face else empty, None)
+        if v is None:
+            break
+        out.append(v)
+    return out
+
+
+def _first_hits(r: CamRow, clip: list) -> list[int]:
+    """Per face segment: frames from its first frame until the detector first found the face (0 = at once);
+    a segment whose face was never found counts its length."""
+    found = iter(r.found)
+    per_seg: dict[int, list[bool]] = {}
+    for s in clip:
+        if s.has_face:
+            per_seg.setdefault(s.segment, []).append(next(found, False))
+    return [hits.index(True) if True in hits else len(hits) for hits in per_seg.values()]
+
+
+def _camera_summary(r: CamRow, clip: list, decode_ms: list[float]) -> dict:
+    o = r.options
+    d = {"key": r.key, "detector": o.detector, "track": bool(o.track and o.detector == "blazeface"),
+         "status": "ok" if r.failure is None and (r.face_ms or r.empty_ms) else "failed",
+         "reason": r.failure, "info": _info(r)}
+    if d["status"] != "ok":
+        d["reason"] = d["reason"] or "no frames timed"
+        return d
+    all_ms = r.face_ms + r.empty_ms
+    n = len(all_ms)
+    first = _first_hits(r, clip)
+    d.update({"recall": float(np.mean(r.found)) if r.found else None,
+              "fp_rate": float(np.mean(r.fp)) if r.fp else None,
+              "detect_p50_ms": _pct(all_ms, 50), "detect_p95_ms": _pct(all_ms, 95),
+              "detect_mean_ms": float(np.mean(all_ms)), "face_p50_ms": _pct(r.face_ms, 50),
+              "empty_p50_ms": _pct(r.empty_ms, 50), "face_frames": len(r.face_ms), "empty_frames": len(r.empty_ms),
+              "first_hit_max_frames": max(first) if first else None,
+              "first_hit_mean_frames": float(np.mean(first)) if first else None})
+    stats = getattr(r.detector, "stats", None)
+    if stats is not None:
+        delta = {k: stats[k] - r.stats0.get(k, 0) for k in stats}
+        d.update({"search_passes_per_frame": delta["search_passes"] / n, "checks_per_frame": delta["checks"] / n,
+                  "followed_share": delta["followed"] / n, "still_share": delta["still"] / n})
+    if r.e2e_ms:
+        e2e = float(np.mean(r.e2e_ms))
+        d.update({"e2e_mean_ms": e2e, "fps": 1000.0 / e2e, "decode_ms": float(np.mean(decode_ms)),
+                  "detect_share": d["detect_mean_ms"] / e2e})
+    return d
 
 
 def _renumber(s, offset: int):
@@ -299,7 +562,9 @@ def _info(r: DetRow) -> str:
     o = r.options
     if o.detector == "blazeface":
         return (f"model={o.model} tiles={o.tiles} rotations={list(o.rotations)} min_score={o.min_score} "
-                f"verify_score={o.verify_score} threads={o.threads}")
+                f"verify_score={o.verify_score} threads={o.threads} track={o.track}"
+                + (f" redetect_every={o.redetect_every} idle_after={o.idle_after} skip_still={o.skip_still}"
+                   if o.track else ""))
     if o.detector == "haar":
         return f"scale_factor={o.scale_factor} min_neighbors={o.min_neighbors} equalize={o.equalize}"
     return ""
