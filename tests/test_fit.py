@@ -133,3 +133,21 @@ def test_any_timm_backbone_gives_a_64d_embedding(backbone):
     net = build_extractor(ExtractorConfig(backbone=backbone, img_size=32))
     x = torch.randn(2, 3, 32, 32)
     assert embed_batch(net, x).shape == (2, 64) and net.logits(x).shape == (2, 7)
+
+
+def test_checkpoints_load_without_running_code(tmp_path):
+    """read_checkpoint uses torch's weights-only loader: a pickle that would call a function on load is refused."""
+    import os
+
+    import torch
+
+    from infantino.runtime.contract.errors import InfantinoError
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"format": "infantino-extractor", "payload": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(InfantinoError, match="cannot read extractor checkpoint"):
+        read_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()

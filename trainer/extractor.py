@@ -153,12 +153,16 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: Extractor
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint dict on CPU; InfantinoError if missing or not an infantino extractor checkpoint."""
+    """Load a checkpoint dict on CPU; InfantinoError if missing or not an infantino extractor checkpoint.
+
+    weights_only=True: tensors, numbers, strings and containers only, so a checkpoint from a shared registry
+    cannot run code when it is loaded (a pickle with other objects is refused with the loader's reason).
+    """
     path = Path(path)
     if not path.is_file():
         raise InfantinoError(f"extractor checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt files
         raise InfantinoError(f"cannot read extractor checkpoint {path}: {e}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
