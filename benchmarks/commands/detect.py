@@ -169,6 +169,21 @@ def matches(box, gt: tuple[int, int, int, int], iou: float) -> bool:
     return inter / float(box.w * box.h + w * h - inter) >= iou
 
 
+
+def _make_rows(row_cls, specs):
+    """One row per detector spec; a detector that cannot be created keeps its row with the reason."""
+    from infantino.runtime.face import create_detector
+
+    rows = []
+    for key, opts in specs:
+        r = row_cls(key, opts)
+        try:
+            r.detector = create_detector(opts)
+        except Exception as e:  # missing models / OpenCV without cascades: keep the row with the reason
+            r.failure = f"{type(e).__name__}: {e}"
+        rows.append(r)
+    return rows
+
 def run(args) -> int:
     specs = parse_detectors(args.detectors, args.min_size, args.threads)
     camera_specs = parse_detectors(args.camera_detectors, args.min_size, args.threads, largest_only=True) \
@@ -186,14 +201,7 @@ def run(args) -> int:
     from .. import scenes as sc
     from ..machine import describe, load_average
 
-    rows = []
-    for key, opts in specs:
-        r = DetRow(key, opts)
-        try:
-            r.detector = create_detector(opts)
-        except Exception as e:  # missing models / OpenCV without cascades: keep the row with the reason
-            r.failure = f"{type(e).__name__}: {e}"
-        rows.append(r)
+    rows = _make_rows(DetRow, specs)
 
     t0 = time.perf_counter()
     photos = sc.photo_face_sources()
@@ -316,18 +324,11 @@ def _camera_run(args, specs: list, console) -> dict:
 
     import cv2
 
-    from infantino.runtime.face import Box, create_detector
+    from infantino.runtime.face import Box
 
     from .. import scenes as sc
 
-    rows = []
-    for key, opts in specs:
-        r = CamRow(key, opts)
-        try:
-            r.detector = create_detector(opts)
-        except Exception as e:  # missing models / OpenCV without cascades: keep the row with the reason
-            r.failure = f"{type(e).__name__}: {e}"
-        rows.append(r)
+    rows = _make_rows(CamRow, specs)
     bundle = None
     if args.bundle is not None:
         from infantino.runtime.bundle import load_bundle
