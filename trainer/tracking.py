@@ -240,13 +240,7 @@ class FitTracker:
             "head_sha256": head_sha256})
         out["extractor_version"], out["head_version"] = str(ev.version), str(hv.version)
         log.info("registered %s v%s and %s v%s", extractor_model, ev.version, head_model, hv.version)
-        from .realface_guard import GuardPolicy, RealFaceAgreement
-
-        vm = version_metrics or {}
-        guard_ok = "realface_agreement" in vm and not GuardPolicy().problems(RealFaceAgreement(
-            all=vm["realface_agreement"], confident=vm["realface_agreement_confident"], n=0, n_confident=1,
-            baseline=vm.get("realface_baseline")))
-        if not guard_ok:
+        if _guard_problems(version_metrics or {}):
             log.warning("%s v%s is not made @%s automatically: it has no passing real-face agreement",
                         extractor_model, ev.version, CHAMPION)
         elif _alias_version(self.client, extractor_model, CHAMPION) is None:
@@ -282,11 +276,15 @@ class Promotion:
 
 def real_face_problems(version) -> list[str]:
     """Why a registered version fails the real-face guard (its realface_* tags; see trainer.realface_guard)."""
+    return _guard_problems(version.tags)
+
+
+def _guard_problems(values: dict) -> list[str]:
+    """The real-face guard's verdict on recorded figures (version tags or version metrics): [] = passes."""
     from .realface_guard import GuardPolicy, RealFaceAgreement
 
-    tags = version.tags
-    agree, conf, base = (_float(tags.get(k)) for k in ("realface_agreement", "realface_agreement_confident",
-                                                        "realface_baseline"))
+    agree, conf, base = (_float(values.get(k)) for k in ("realface_agreement", "realface_agreement_confident",
+                                                          "realface_baseline"))
     if agree is None or conf is None:
         return ["no real-face agreement recorded (trained with --no-real-face-guard or by an older version)"]
     return GuardPolicy().problems(RealFaceAgreement(all=agree, confident=conf, n=0, n_confident=1, baseline=base))
