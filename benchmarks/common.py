@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 from . import report as rpt
+from infantino.runtime.choices import unknown_message
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,8 @@ def name_list(text: str, valid: Sequence[str], what: str, allow_all: bool = True
         return None
     for p in parts:
         if p not in valid:
-            close = difflib.get_close_matches(p, list(valid), n=1, cutoff=0.4)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"--{what}: unknown {what.rstrip('s')} {p!r}; valid: "
-                             f"{', '.join((['all'] if allow_all else []) + list(valid))}.{hint}")
+            raise ValueError(f"--{what}: " + unknown_message(what.rstrip('s'), p,
+                                                           (['all'] if allow_all else []) + list(valid)))
     return list(dict.fromkeys(parts))
 
 

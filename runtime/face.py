@@ -10,7 +10,6 @@ faces only. upright_crop() turns a face upright from its eye line before the ext
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import threading
@@ -22,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .contract.errors import BackendUnavailable, InfantinoError
+from .choices import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -249,13 +249,8 @@ def create_detector(options: FaceOptions | None = None, **overrides) -> FaceDete
     options = options or FaceOptions()
     if overrides:
         options = options.model_copy(update=overrides)
-    cls = _DETECTORS.get(options.detector)
-    if cls is None:
-        valid = list_detectors()
-        close = difflib.get_close_matches(options.detector, valid, n=1, cutoff=0.4)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise InfantinoError(f"unknown face detector {options.detector!r}; valid: {', '.join(valid)}.{hint}")
-    return cls(options)
+    check_choice("face detector", options.detector, list_detectors())
+    return _DETECTORS[options.detector](options)
 
 
 def haar_cascade_path(name: str = HAAR_FRONTAL) -> str:
