@@ -376,8 +376,8 @@ def _manifest(p: CompilePlan, loaded, spec, head, built: list[Artifact], root: P
 def toolchain(p: Optional[CompilePlan] = None) -> dict[str, str]:
     """Versions of everything that shaped the artifacts (plus TensorFlow/onnx2tf/TensorRT when used)."""
     dists = list(_TOOL_DISTS)
-    if p is not None and any(getattr(f.exporter.options, "converter", "") == "onnx2tf" for f in p.formats):
-        dists += ["tensorflow", "tensorflow-cpu", "onnx2tf"]
+    for f in (p.formats if p is not None else ()):
+        dists += [d for d in f.exporter.toolchain_dists() if d not in dists]
     out = {"python": platform.python_version()}
     for d in dists:
         try:
@@ -388,11 +388,8 @@ def toolchain(p: Optional[CompilePlan] = None) -> dict[str, str]:
         out["infantino"] = metadata.version("infantino")
     except metadata.PackageNotFoundError:
         pass
-    if p is not None and any(f.spec.name == "tensorrt" for f in p.formats):
-        from infantino.runtime.backends import tensorrt_build as tb
-
-        if tb.build_unavailable_reason() is None:
-            out.update(tb.host_info())
+    for f in (p.formats if p is not None else ()):
+        out.update(f.exporter.toolchain_info())
     return out
 
 
@@ -407,9 +404,8 @@ def _parity(p: CompilePlan, bundle, built: list[Artifact], manifest: Manifest, h
             stages.note(f"{a.file}: {a.parity_note or 'not run'}")
             continue
         run = parity_mod.run_artifact(bundle, info, a.parity_backend, heldout, threads=p.options.threads)
-        judge = "fp32" if a.format == "tensorrt_onnx" else None  # run at fp32 in onnxruntime here
         entry = parity_mod.compare(ref, run.embeddings, head, a.precision, a.file, p.options.thresholds,
-                                   note=a.parity_note, judge_precision=judge)
+                                   note=a.parity_note, judge_precision=a.judge_precision)
         entries.append(entry)
         reports.append(ArtifactReport(info, a.seconds, entry, run.ms_per_image, run.backend))
         verdict = "ok" if entry.passed else "FAILED: " + parity_mod.failure_reasons(entry)

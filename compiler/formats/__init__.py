@@ -66,6 +66,8 @@ class Artifact:
     # How the parity gate runs it here: a runtime backend name, or None with a reason.
     parity_backend: Optional[str] = None
     parity_note: Optional[str] = None
+    # The precision parity judges it at when the parity backend runs it at another (None: its own precision).
+    judge_precision: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,14 @@ class Exporter:
 
     def needs_calibration(self, precisions: list[str]) -> bool:
         return "int8" in precisions
+
+    def toolchain_dists(self) -> list[str]:
+        """Distributions (beyond the compiler's own) whose versions shape this format's artifacts."""
+        return []
+
+    def toolchain_info(self) -> dict[str, str]:
+        """Host facts recorded in the manifest's toolchain (e.g. TensorRT version and GPU)."""
+        return {}
 
     # ---- the work -----------------------------------------------------------------------------
     def export(self, ctx: ExportContext, precision: str, layout: str) -> list[Artifact]:

@@ -108,12 +108,18 @@ class TensorRTExporter(Exporter):
                 prepared.parity_note = "checked through the plan built from it"
             else:
                 prepared.parity_backend = "onnxruntime"
+                prepared.judge_precision = "fp32"  # onnxruntime runs the prepared ONNX at fp32
                 prepared.parity_note = (f"no plan built here ({reason}); the prepared ONNX was checked in onnxruntime "
                                         f"at fp32, the {precision} engine is built and checked on the device against "
                                         f"{REFERENCE_FILE}")
         for a in arts:
             a.seconds = t.seconds / len(arts)
         return arts
+
+
+    def toolchain_info(self) -> dict[str, str]:
+        """TensorRT version and GPU when a plan can be built here."""
+        return tb.host_info() if tb.build_unavailable_reason() is None else {}
 
 
 def prepare_onnx(src, dst) -> None:

@@ -86,6 +86,10 @@ class TFLiteExporter(Exporter):
             return f"TFLite via {conv} needs {', '.join(missing)}: pip install 'infantino[{_EXTRA[conv]}]'{alt}"
         return None
 
+    def toolchain_dists(self) -> list[str]:
+        """TensorFlow and onnx2tf when they convert."""
+        return ["tensorflow", "tensorflow-cpu", "onnx2tf"] if self.options.converter == "onnx2tf" else []
+
     def check(self, precisions, layout):
         super().check(precisions, layout)
         if self.options.converter == "onnx2tf" and layout != "NHWC":
