@@ -3,8 +3,9 @@
 Threads: a grabber keeps only the latest frame (a frame not yet processed is replaced and counted as dropped,
 so there is never a growing queue); the processing loop runs `pipeline.predict_frame` on the latest frame and
 remembers recent frames' embeddings by frame id (for `label`); a control thread applies head updates and
-commands in arrival order; paho's thread runs the network; the caller's thread supervises (status every N s,
-stalled-camera reopen) until `request_stop()` (SIGTERM/SIGINT in the CLI).
+commands in arrival order; paho's thread runs the network; the caller's thread publishes status every N s until
+`request_stop()` (SIGTERM/SIGINT in the CLI). A stalled, failed or ended camera is reopened by runtime.sources'
+Reconnecting, the one reconnect layer (the daemon journals what it reports).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from infantino.runtime.configfile import short_error
 from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.messages import CommandMessage, PredictionMessage, SampleMessage, StatusMessage
 from infantino.runtime.mqtt import Message
+from infantino.runtime.sources import Reconnecting, SourceConfig
 
 from .config import DeviceConfig
 from .head_store import HeadStore
@@ -201,10 +203,7 @@ class DeviceDaemon:
         self.inbox: queue.Queue = queue.Queue()
         self._status_now = threading.Event()
         self._frame_id = 0
-        self._grab_gen = 0
-        self._grab_thread: threading.Thread | None = None
-        self.camera_state = "starting"
-        self.camera_reopens = 0
+        self.camera: Reconnecting | None = None
         self.samples_sent = 0
         self.started_at = time.time()
         self.limiter = PredictionLimiter(config.publish.predictions_max_hz, config.publish.predictions_heartbeat_s)
@@ -252,7 +251,7 @@ class DeviceDaemon:
         return 0
 
     def supervise(self) -> None:
-        """Status every N seconds (and on events), stalled-camera reopen, until stop is requested."""
+        """Status every N seconds (and on events) until stop is requested."""
         interval = self.config.publish.status_interval_s
         next_status = time.monotonic()
         while not self.stop_event.is_set():
@@ -261,12 +260,13 @@ class DeviceDaemon:
                 self._status_now.clear()
                 self.publish_status()
                 next_status = now + interval
-            self._check_camera(now)
             self._status_now.wait(min(0.2, max(0.0, next_status - now)))
         log.info("stop requested")
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.camera is not None:
+            self.camera.close()
         for t in self._threads:
             t.join(timeout=5)
         if self.link is not None:
@@ -277,63 +277,51 @@ class DeviceDaemon:
                  self.slot.dropped)
 
     # ---- camera --------------------------------------------------------------------------------
-    def _start_grabber(self) -> None:
-        self._grab_gen += 1
-        self.slot.last_put = time.monotonic()
-        self._grab_thread = threading.Thread(target=self._grab_loop, args=(self._grab_gen,),
-                                             name=f"infantino-grab-{self._grab_gen}", daemon=True)
-        self._grab_thread.start()
-
-    def _check_camera(self, now: float) -> None:
-        if self.camera_state == "ended":
-            return
-        stalled = now - self.slot.last_put
-        if stalled > self.config.camera.stall_timeout_s:
-            self._error(f"camera stalled: no frame for {stalled:.1f} s; reopening")
-            self.camera_reopens += 1
-            self.camera_state = "reopening"
-            self._start_grabber()  # the stuck reader exits when its read returns (generation changed)
-
-    def _grab_loop(self, gen: int) -> None:
+    def _open_camera(self) -> Reconnecting:
+        """The camera behind runtime.sources' one reconnect layer (stall, failure and end handled there)."""
         cam = self.config.camera
-        while not self.stop_event.is_set() and gen == self._grab_gen:
-            src = None
-            try:
-                src = self.source_factory()
-                self.camera_state = "ok"
-                period = 1.0 / cam.fps if cam.fps else 0.0
-                next_t = time.monotonic()
-                for item in src:
-                    if self.stop_event.is_set() or gen != self._grab_gen:
+        cfg = SourceConfig(spec=cam.source, stall_timeout=cam.stall_timeout_s,
+                           backoff_initial=max(cam.reopen_delay_s, 0.01),
+                           backoff_max=max(cam.reopen_delay_s * 8, 0.01, min(10.0, cam.stall_timeout_s)),
+                           open_timeout=cam.stall_timeout_s, queue_size=1)
+        return Reconnecting(cfg, self.source_factory, reopen_on_end=cam.reopen_on_end,
+                            on_event=lambda text: self._error(f"camera {text}"))
+
+    @property
+    def camera_state(self) -> str:
+        return self.camera.state if self.camera is not None else "starting"
+
+    @property
+    def camera_reopens(self) -> int:
+        return self.camera.stats["reopens"] if self.camera is not None else 0
+
+    def _start_grabber(self) -> None:
+        self.camera = self._open_camera()
+        t = threading.Thread(target=self._grab_loop, name="infantino-grab", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _grab_loop(self) -> None:
+        """Frames from the camera into the latest-frame slot, paced to camera.fps for files and folders."""
+        period = 1.0 / self.config.camera.fps if self.config.camera.fps else 0.0
+        next_t = time.monotonic()
+        try:
+            for item in self.camera:
+                if self.stop_event.is_set():
+                    break
+                frame = _frame_of(item)
+                if frame is None:
+                    continue
+                if period:  # pace files/folders to real time (cameras deliver at their own rate)
+                    next_t = max(next_t + period, time.monotonic() - period)
+                    if self.stop_event.wait(max(0.0, next_t - time.monotonic())):
                         break
-                    frame = _frame_of(item)
-                    if frame is None:
-                        continue
-                    if period:  # pace files/folders to real time (cameras deliver at their own rate)
-                        next_t = max(next_t + period, time.monotonic() - period)
-                        if self.stop_event.wait(max(0.0, next_t - time.monotonic())):
-                            break
-                    self._frame_id += 1
-                    self.slot.put(self._frame_id, frame)
-                else:
-                    if gen == self._grab_gen and not self.stop_event.is_set():
-                        log.info("camera source ended")
-                        if not cam.reopen_on_end:
-                            self.camera_state = "ended"
-                            return
-            except Exception as e:
-                if gen == self._grab_gen:
-                    self._error(f"camera: {e}")
-                    self.camera_state = "error"
-            finally:
-                close = getattr(src, "close", None)
-                if callable(close):
-                    try:
-                        close()
-                    except Exception:
-                        pass
-            if self.stop_event.wait(cam.reopen_delay_s):
-                return
+                self._frame_id += 1
+                self.slot.put(self._frame_id, frame)
+        except Exception as e:  # SourceError after the retries (none by default): the daemon keeps serving
+            self._error(f"camera: {e}")
+        if self.camera.state == "ended":
+            log.info("camera source ended")
 
     # ---- frames ----------------------------------------------------------------------------------
     def _process_loop(self) -> None:

@@ -4,6 +4,7 @@ open_source(spec) returns an iterable of BGR uint8 frames. Live sources (cameras
 background thread into a small queue (oldest frame dropped when the consumer is slower, so it always sees a
 fresh frame); a live source that fails or stalls (no frame for `stall_timeout` s) is reopened with bounded
 exponential back-off. Files and folders are read in order and end at their end (or loop, if asked).
+`Reconnecting` is the one reconnect layer: LiveSource uses it, and so does the device daemon for any source.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -206,56 +207,48 @@ class _Failure:
 
 
 _OPENED = object()
+_ENDED = object()
 
 
-class LiveSource(FrameSource):
-    """A camera or network stream, read by a background thread; reopened with back-off on failure or stall."""
+class Reconnecting(FrameSource):
+    """The one reconnect layer: frames from `opener()` (any iterable of frames), read by a background thread into
+    a small queue; a failure or stall (no frame for `stall_timeout` s) reopens it with bounded exponential back-off,
+    and an end reopens it when `reopen_on_end`. `state` says where it is (opening/ok/reopening/ended/failed);
+    `on_event(text)` hears every failure, stall and end (the device daemon journals them).
+    """
 
-    def __init__(self, config: SourceConfig, kind: str):
+    kind = "live"
+
+    def __init__(self, config: SourceConfig, opener: Callable[[], Iterable], *, reopen_on_end: bool = False,
+                 on_event: Optional[Callable[[str], None]] = None):
         super().__init__(config)
-        self.kind = kind
+        self.opener = opener
+        self.reopen_on_end = reopen_on_end
+        self.on_event = on_event
+        self.state = "opening"
         self._readers: list[threading.Thread] = []
 
-    # opening ----------------------------------------------------------------------------------
-    def _open_capture(self):
-        cv2 = _cv2()
-        c = self.config
-        if self.kind == "camera":
-            spec = c.spec
-            index = int(spec) if isinstance(spec, int) or str(spec).isdigit() else int(str(spec)[len("/dev/video"):])
-            api = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
-            cap = cv2.VideoCapture(index, api)
-            if cap.isOpened():
-                for prop, val in ((cv2.CAP_PROP_FRAME_WIDTH, c.width), (cv2.CAP_PROP_FRAME_HEIGHT, c.height),
-                                  (cv2.CAP_PROP_FPS, c.fps)):
-                    if val:
-                        cap.set(prop, float(val))
-                cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-            return cap
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(c.open_timeout * 1000),
-                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(c.stall_timeout * 1000)]
-        return cv2.VideoCapture(str(c.spec), cv2.CAP_FFMPEG, params)
-
     def _reader(self, stop: threading.Event, q: "queue.Queue") -> None:
-        """Thread body: open, then read frames into q until told to stop or the source fails."""
+        """Thread body: open, then read frames into q until told to stop, the source ends or it fails."""
+        src = None
         try:
-            cap = self._open_capture()
-        except Exception as e:  # OpenCV may raise on bad URLs
-            q.put(_Failure(f"open failed: {e}"))
-            return
-        try:
-            if not cap.isOpened():
-                q.put(_Failure("cannot open"))
-                return
+            src = self.opener()
             q.put(_OPENED)
-            while not stop.is_set():
-                ok, frame = cap.read()
-                if not ok or frame is None:
-                    q.put(_Failure("read failed or stream ended"))
+            for frame in src:
+                if stop.is_set():
                     return
-                self._put(q, frame, stop)
+                if frame is not None:
+                    self._put(q, frame, stop)
+            q.put(_ENDED)
+        except Exception as e:  # any failure of a camera/stream/iterable is a reason to reopen, never a crash
+            q.put(_Failure(str(e) if isinstance(e, SourceError) else f"{type(e).__name__}: {e}"))
         finally:
-            cap.release()
+            close = getattr(src, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:  # a generator still running in an abandoned (stalled) reader
+                    pass
 
     def _put(self, q: "queue.Queue", frame, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -272,7 +265,11 @@ class LiveSource(FrameSource):
                 else:
                     time.sleep(0.005)
 
-    # iterating ----------------------------------------------------------------------------------
+    def _event(self, text: str) -> None:
+        log.warning("source %r %s", self.config.spec, text)
+        if self.on_event is not None:
+            self.on_event(text)
+
     def _frames(self):
         c = self.config
         failures = 0
@@ -299,22 +296,36 @@ class LiveSource(FrameSource):
                     if isinstance(item, _Failure):
                         why = item.why
                         break
+                    if item is _ENDED:
+                        break
                     timeout = c.stall_timeout
                     if item is _OPENED:
                         continue
                     failures = 0
+                    self.state = "ok"
                     yield item
             finally:
-                stop.set()  # the reader releases its capture when its current read returns
+                stop.set()  # the reader releases its source when its current read returns
             if self._stop.is_set():
                 return
+            if why is None:  # ended
+                if not self.reopen_on_end:
+                    self.state = "ended"
+                    return
+                self._event(f"ended; reopening in {c.backoff_initial:g} s")
+                self.state = "reopening"
+                if self._stop.wait(c.backoff_initial):
+                    return
+                continue
             failures += 1
             self.stats["failures"] += 1
             if not c.reopen or (c.max_retries is not None and failures > c.max_retries):
+                self.state = "failed"
                 raise SourceError(f"source {c.spec!r} failed ({why}) after {failures - 1} reopen attempt(s)")
             delay = backoff_delays(c, failures)[-1]
             self.backoffs.append(delay)
-            log.warning("source %r %s; reopening in %.2f s (attempt %d)", c.spec, why, delay, failures)
+            self.state = "reopening"
+            self._event(f"{why}; reopening in {delay:.2f} s (attempt {failures})")
             if self._stop.wait(delay):
                 return
             self.stats["reopens"] += 1
@@ -328,8 +339,68 @@ class LiveSource(FrameSource):
             r.join(timeout=0.5)
 
 
-def open_source(spec: Union[int, str, os.PathLike, SourceConfig], **options) -> FrameSource:
-    """A frame source for a camera index, /dev/videoN, video file, http(s)/rtsp URL or folder of images."""
+def _open_capture(config: SourceConfig, kind: str):
+    cv2 = _cv2()
+    c = config
+    if kind == "camera":
+        spec = c.spec
+        index = int(spec) if isinstance(spec, int) or str(spec).isdigit() else int(str(spec)[len("/dev/video"):])
+        api = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
+        cap = cv2.VideoCapture(index, api)
+        if cap.isOpened():
+            for prop, val in ((cv2.CAP_PROP_FRAME_WIDTH, c.width), (cv2.CAP_PROP_FRAME_HEIGHT, c.height),
+                              (cv2.CAP_PROP_FPS, c.fps)):
+                if val:
+                    cap.set(prop, float(val))
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        return cap
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(c.open_timeout * 1000),
+              cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(c.stall_timeout * 1000)]
+    return cv2.VideoCapture(str(c.spec), cv2.CAP_FFMPEG, params)
+
+
+def capture_frames(config: SourceConfig, kind: str) -> Iterator[np.ndarray]:
+    """Open a camera or stream once and yield its frames; one that ends or cannot be read raises SourceError."""
+    try:
+        cap = _open_capture(config, kind)
+    except Exception as e:  # OpenCV may raise on bad URLs
+        raise SourceError(f"open failed: {e}") from e
+    try:
+        if not cap.isOpened():
+            raise SourceError("cannot open")
+        while True:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                raise SourceError("read failed or stream ended")
+            yield frame
+    finally:
+        cap.release()
+
+
+class CaptureSource(FrameSource):
+    """A camera or stream opened once, read in the caller's thread, never reopened (for a caller that runs its
+    own Reconnecting over it, as the device daemon does)."""
+
+    def __init__(self, config: SourceConfig, kind: str):
+        super().__init__(config)
+        self.kind = kind
+
+    def _frames(self):
+        yield from capture_frames(self.config, self.kind)
+
+
+class LiveSource(Reconnecting):
+    """A camera or stream behind the one reconnect layer."""
+
+    def __init__(self, config: SourceConfig, kind: str, on_event: Optional[Callable[[str], None]] = None):
+        super().__init__(config, lambda: capture_frames(config, kind), on_event=on_event)
+        self.kind = kind
+
+
+def open_source(spec: Union[int, str, os.PathLike, SourceConfig], *, reconnect: bool = True,
+                **options) -> FrameSource:
+    """A frame source for a camera index, /dev/videoN, video file, http(s)/rtsp URL or folder of images.
+    A live one reconnects by itself unless `reconnect=False` (its caller then wraps it in Reconnecting)."""
     if isinstance(spec, SourceConfig):
         config = spec.model_copy(update=options) if options else spec
     else:
@@ -343,4 +414,4 @@ def open_source(spec: Union[int, str, os.PathLike, SourceConfig], **options) -> 
         return ImageSource(config)
     if kind == "file":
         return VideoFileSource(config)
-    return LiveSource(config, kind)
+    return LiveSource(config, kind) if reconnect else CaptureSource(config, kind)

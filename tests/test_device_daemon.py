@@ -318,6 +318,29 @@ def test_stalled_camera_is_reopened(tmp_path, mosquitto, heads, keypair):
         stop_daemon(d, t)
 
 
+def test_failing_and_ending_cameras_are_reopened_by_the_one_reconnect_layer(tmp_path, mosquitto, heads, keypair):
+    """A camera that cannot open twice, then delivers 5 frames and ends: each failure is journalled, reopened with
+    back-off, and the end reopens it (reopen_on_end); the daemon never stops serving."""
+    opened = []
+
+    def source():
+        opened.append(time.monotonic())
+        if len(opened) <= 2:
+            raise OSError("no such camera")
+        return synthetic_frames(200, n=5)
+
+    cfg = device_config(tmp_path, mosquitto, keypair, camera={"stall_timeout_s": 2.0, "reopen_delay_s": 0.05})
+    d, pipe, t = start_daemon(cfg, heads, keypair, source=source)
+    try:
+        assert wait_for(lambda: len(opened) >= 5, 10)
+        assert sum("OSError: no such camera" in e for e in d.errors) == 2
+        assert any("camera ended" in e for e in d.errors) and d.stats.frames >= 5
+        assert d.camera_reopens >= 2 and d.camera.backoffs[:2] == [0.05, 0.1]
+        assert t.is_alive() and d.status().camera in ("ok", "reopening")
+    finally:
+        stop_daemon(d, t)
+
+
 def test_only_the_latest_frame_is_processed(tmp_path, mosquitto, heads, keypair):
     cfg = device_config(tmp_path, mosquitto, keypair)
     d, pipe, t = start_daemon(cfg, heads, keypair, source=lambda: synthetic_frames(200), delay_s=0.05)

@@ -30,7 +30,8 @@ def run(args) -> int:
 
     pipe = Pipeline(bundle, backend=cfg.backend, face=cfg.face, threads=cfg.threads)
     options = {"fps": cfg.camera.fps} if cfg.camera.fps and _is_live(cfg.camera.source) else {}
-    daemon = DeviceDaemon(cfg, pipe, facts, source_factory=lambda: open_source(cfg.camera.source, **options))
+    daemon = DeviceDaemon(cfg, pipe, facts, source_factory=lambda: open_source(cfg.camera.source, reconnect=False,
+                                                                                   **options))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.request_stop())
     try:
