@@ -26,6 +26,7 @@ from infantino.runtime.configfile import short_error
 from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.messages import CommandMessage, PredictionMessage, SampleMessage, StatusMessage
 from infantino.runtime.mqtt import Message
+from infantino.runtime.pipeline import FaceResult
 from infantino.runtime.sources import Reconnecting, SourceConfig
 
 from .config import DeviceConfig
@@ -86,12 +87,12 @@ class FrameSlot:
 
 @dataclass
 class FrameRecord:
-    """A processed frame kept for labelling: its faces' boxes, labels and embeddings (never the image)."""
+    """A processed frame kept for labelling: its faces (boxes, predictions, embeddings; never the image)."""
 
     frame_id: int
     timestamp: float
     head_version: Optional[int]
-    faces: list[dict] = field(default_factory=list)
+    faces: list[FaceResult] = field(default_factory=list)
 
 
 class FrameRing:
@@ -345,9 +346,7 @@ class DeviceDaemon:
             timings["total"] = (time.perf_counter() - t0) * 1e3
             self.stats.record(timings)
             head_version = faces[0].head_version if faces else self.pipeline.head.version
-            self.ring.add(FrameRecord(frame_id, grabbed_at, head_version, [
-                {"box": tuple(int(v) for v in f.box), "label": f.label,
-                 "embedding": np.asarray(f.embedding, dtype=np.float32)} for f in faces]))
+            self.ring.add(FrameRecord(frame_id, grabbed_at, head_version, list(faces)))
             self._maybe_publish_predictions(frame_id, grabbed_at, head_version, faces)
 
     def _maybe_publish_predictions(self, frame_id: int, ts: float, head_version: int, faces) -> None:
@@ -414,7 +413,7 @@ class DeviceDaemon:
             self._status_now.set()
             reply = {"ok": True, "status": json.loads(self.status().model_dump_json(exclude_none=True)),
                      "frames": [{"frame_id": r.frame_id, "timestamp": r.timestamp, "head_version": r.head_version,
-                                 "faces": [{"box": f["box"], "label": f["label"]} for f in r.faces]}
+                                 "faces": [{"box": list(f.to_message().box), "label": f.label} for f in r.faces]}
                                 for r in self.ring.recent(20)]}
         reply.update(command=cmd.command, request_id=cmd.request_id)
         self.link.reply(msg, json.dumps(reply))
@@ -430,11 +429,11 @@ class DeviceDaemon:
             return {"ok": False, "error": what}
         if not rec.faces:
             return {"ok": False, "error": f"frame {rec.frame_id} has no face"}
-        face = max(rec.faces, key=lambda f: f["box"][2] * f["box"][3])
+        face = max(rec.faces, key=lambda f: f.area)
         try:
             sample = SampleMessage(device_id=self.config.device_id, fleet=self.config.fleet,
                                    sample_id=f"{self.config.device_id}-{uuid.uuid4().hex}",
-                                   embedding=[float(v) for v in face["embedding"]], extractor_id=self.facts.extractor_id,
+                                   embedding=[float(v) for v in face.embedding], extractor_id=self.facts.extractor_id,
                                    label=label, annotator=annotator, frame_id=rec.frame_id,
                                    head_version=rec.head_version)
         except ValueError as e:
@@ -445,7 +444,7 @@ class DeviceDaemon:
         self.samples_sent += 1
         log.info("sample %s: frame %d labelled %r", sample.sample_id, rec.frame_id, label)
         return {"ok": True, "sample_id": sample.sample_id, "frame_id": rec.frame_id, "label": label,
-                "predicted": face["label"]}
+                "predicted": face.label}
 
     # ---- status ------------------------------------------------------------------------------------
     def _error(self, text: str) -> None:

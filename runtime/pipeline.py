@@ -19,7 +19,8 @@ from .backends.base import Backend
 from .bundle import Bundle, load_bundle
 from .contract.errors import HeadError
 from .face import Box, FaceDetector, FaceOptions, check_frame, create_detector, face_crop
-from .contract.head import Head
+from .contract.head import Head, HeadPrediction
+from .contract.messages import FacePrediction
 from .contract.preprocess import preprocess
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,9 @@ STAGES = ("detect", "preprocess", "embed", "head")
 
 @dataclass(frozen=True)
 class FaceResult:
-    """One face of a frame: where it is, what the head says, its embedding, and the frame's stage timings (ms).
+    """One face of a frame: where it is, the head's prediction (HeadPrediction, whose fields it also exposes), its
+    embedding, and the frame's stage timings (ms). `to_message()` is its MQTT form: the one result type from head
+    to message.
 
     `box` is the detector's box (x, y, w, h); `crop_box` the region fed to the extractor (box + margin,
     clamped; a face with a roll `angle` is fed turned upright, see face.upright_crop); `keypoints` the
@@ -39,24 +42,28 @@ class FaceResult:
 
     box: tuple[int, int, int, int]
     crop_box: tuple[int, int, int, int]
-    label: str
-    index: int
-    probabilities: dict[str, float]
-    entropy: float
-    prediction_set: list[str]
-    head_version: int
+    prediction: HeadPrediction
     embedding: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     angle: Optional[float] = None
     keypoints: Optional[tuple[tuple[float, float], ...]] = None
 
-    def to_message(self):
-        """The face as the MQTT FacePrediction model."""
-        from .contract.messages import FacePrediction
+    label = property(lambda self: self.prediction.label)
+    index = property(lambda self: self.prediction.index)
+    probabilities = property(lambda self: self.prediction.probabilities)
+    entropy = property(lambda self: self.prediction.entropy)
+    prediction_set = property(lambda self: self.prediction.prediction_set)
+    head_version = property(lambda self: self.prediction.head_version)
 
-        return FacePrediction(box=tuple(int(v) for v in self.box), label=self.label,
-                              probabilities=self.probabilities, entropy=self.entropy,
-                              prediction_set=list(self.prediction_set))
+    @property
+    def area(self) -> int:
+        return int(self.box[2]) * int(self.box[3])
+
+    def to_message(self) -> FacePrediction:
+        """The face as the MQTT FacePrediction model."""
+        p = self.prediction
+        return FacePrediction(box=tuple(int(v) for v in self.box), label=p.label, probabilities=p.probabilities,
+                              entropy=p.entropy, prediction_set=list(p.prediction_set))
 
 
 @dataclass(frozen=True)
@@ -158,10 +165,8 @@ class Pipeline:
         t4 = time.perf_counter()
         timings.update(preprocess=(t2 - t1) * 1e3, embed=(t3 - t2) * 1e3, head=(t4 - t3) * 1e3)
         faces = [
-            FaceResult(box=b.as_tuple(), crop_box=cb.as_tuple(), label=p.label, index=p.index,
-                       probabilities=p.probabilities, entropy=p.entropy, prediction_set=p.prediction_set,
-                       head_version=p.head_version, embedding=emb[i].copy(), timings=dict(timings),
-                       angle=b.angle, keypoints=b.keypoints)
+            FaceResult(box=b.as_tuple(), crop_box=cb.as_tuple(), prediction=p, embedding=emb[i].copy(),
+                       timings=dict(timings), angle=b.angle, keypoints=b.keypoints)
             for i, (b, cb, p) in enumerate(zip(boxes, crop_boxes, preds))
         ]
         return FrameResult(faces, dict(timings), head.version)

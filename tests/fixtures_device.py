@@ -100,9 +100,7 @@ class ProjectionPipeline:
         from infantino.runtime.pipeline import FaceResult, FrameResult
 
         box = (0, 0, frame.shape[1], frame.shape[0])
-        face = FaceResult(box=box, crop_box=box, label=p.label, index=p.index, probabilities=p.probabilities,
-                          entropy=p.entropy, prediction_set=p.prediction_set, head_version=p.head_version,
-                          embedding=emb, timings=timings)
+        face = FaceResult(box=box, crop_box=box, prediction=p, embedding=emb, timings=timings)
         return FrameResult([face], timings, head.version)
 
     def predict(self, frame):

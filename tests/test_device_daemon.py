@@ -215,7 +215,7 @@ def test_label_command_publishes_the_frames_embedding_not_the_image(tmp_path, mo
         assert s.sample_id == reply["sample_id"] and s.frame_id == reply["frame_id"] and s.fleet == "nursery"
         assert s.extractor_id == DEVICE_EXT and len(s.embedding) == 64 and s.label == "happy"
         rec = d.ring.get(s.frame_id)
-        assert rec is not None and np.array_equal(rec.faces[0]["embedding"], np.asarray(s.embedding, np.float32))
+        assert rec is not None and np.array_equal(rec.faces[0].embedding, np.asarray(s.embedding, np.float32))
         assert len(raw) < 4000  # an embedding, not a 48x64 image
         # a chosen frame id that is still buffered
         fid = d.ring.span()[1]
