@@ -14,6 +14,7 @@ from typing import Any, Optional
 from infantino.runtime.contract.errors import HeadError, InfantinoError
 from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.layout import EXTRACTOR_FILE, HEAD_FILE
+from infantino.trainer import tracking
 from infantino.trainer.tracking import is_mlflow_uri, parse_models_uri
 
 log = logging.getLogger(__name__)
@@ -36,22 +37,10 @@ class LoadedModel:
 
 def resolve_checkpoint(model: str) -> Path:
     """extractor.pt for a file, a folder holding one (e.g. `infantino-train fit --out`), or an MLflow URI."""
-    if is_mlflow_uri(model):
-        from infantino.trainer import tracking
-
+    try:
         return Path(tracking.resolve_extractor(model))
-    p = Path(model).expanduser()
-    if p.is_file():
-        return p
-    if p.is_dir():
-        if (p / EXTRACTOR_FILE).is_file():
-            return p / EXTRACTOR_FILE
-        found = sorted(p.rglob(EXTRACTOR_FILE), key=lambda q: len(q.parts))
-        if found:
-            return found[0]
-        raise InfantinoError(f"--model {model}: no {EXTRACTOR_FILE} in this folder")
-    raise FileNotFoundError(f"--model {model}: no such file or folder (give an {EXTRACTOR_FILE}, a trainer output "
-                            f"folder, or models:/infantino-extractor@champion)")
+    except (FileNotFoundError, InfantinoError) as e:
+        raise type(e)(f"--model: {e}") from None
 
 
 def load_model(model: str) -> LoadedModel:
@@ -67,8 +56,6 @@ def load_model(model: str) -> LoadedModel:
         version = num or alias
         if alias:
             try:
-                from infantino.trainer import tracking
-
                 version = tracking.model_version_info(name, alias)["version"]
             except Exception as e:  # provenance only: keep the alias if the registry lookup fails
                 log.warning("cannot look up %s@%s's version: %s", name, alias, e)
@@ -98,17 +85,10 @@ def resolve_head_file(head: Optional[str], checkpoint: Path, model: str = "") ->
                                  f"pass --head (models:/{HEAD_MODEL}@ALIAS or a {HEAD_FILE})")
         raise InfantinoError(f"no initial head: {p} does not exist; pass --head (a {HEAD_FILE}, a trainer output "
                              "folder, or models:/infantino-head@champion)")
-    if is_mlflow_uri(head):
-        from infantino.trainer import tracking
-
-        d = Path(tracking.resolve_head(head))
-        return d / HEAD_FILE
-    p = Path(head).expanduser()
-    if p.is_dir():
-        p = p / HEAD_FILE
-    if not p.is_file():
-        raise FileNotFoundError(f"--head {head}: {p} does not exist")
-    return p
+    try:
+        return Path(tracking.resolve_head_file(head))
+    except (FileNotFoundError, InfantinoError) as e:
+        raise type(e)(f"--head: {e}") from None
 
 
 def load_head(path: Path, loaded: LoadedModel) -> Head:

@@ -484,38 +484,53 @@ def _find(root: Path, names: Iterable[str]) -> Path | None:
     return None if best is None else best[1]
 
 
+def _local_or_downloaded(src: str, dst, what: str, hint: str, file_ok: bool) -> Path:
+    """The folder to search for `what`: an MLflow URI downloaded, or a local folder (or a file's folder)."""
+    if is_mlflow_uri(src):
+        return _download(src, dst)
+    p = Path(src).expanduser()
+    if p.is_file() and file_ok:
+        return p
+    if p.is_dir():
+        return p
+    raise FileNotFoundError(f"{what} not found: {src}: no such file or folder ({hint})")
+
+
 def resolve_extractor(uri_or_path: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
-    """Local path of an extractor.pt: from models:/infantino-extractor@champion, runs:/..., a file or a folder."""
+    """The one resolver of extractor sources: extractor.pt from models:/infantino-extractor@champion, runs:/...,
+    a file, or a folder holding one (the shallowest)."""
     s = str(uri_or_path)
-    if is_mlflow_uri(s):
-        where = _download(s, dst)
-    else:
-        p = Path(s).expanduser()
-        if p.is_file():
-            return p
-        if not p.is_dir():
-            raise FileNotFoundError(f"extractor not found: {s} (give an {EXTRACTOR_FILE}, a folder holding one, or "
-                                    f"models:/{EXTRACTOR_MODEL}@{CHAMPION})")
-        where = p
+    where = _local_or_downloaded(s, dst, "extractor", f"give an {EXTRACTOR_FILE}, a folder holding one, or "
+                                 f"models:/{EXTRACTOR_MODEL}@{CHAMPION}", file_ok=True)
+    if where.is_file():
+        return where
     d = _find(where, [EXTRACTOR_FILE])
     if d is None:
         raise InfantinoError(f"no {EXTRACTOR_FILE} in {s}")
     return d / EXTRACTOR_FILE
 
 
-def resolve_head(uri_or_path: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
-    """Local folder holding head_state.pkl and head.infh: from models:/infantino-head@champion or a local path."""
+def resolve_head_file(uri_or_path: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
+    """head.infh from a file, a folder holding one (the shallowest), or models:/infantino-head@champion."""
     s = str(uri_or_path)
-    if is_mlflow_uri(s):
-        where = _download(s, dst)
-    else:
-        p = Path(s).expanduser()
-        if p.is_file():
-            p = p.parent
-        if not p.is_dir():
-            raise FileNotFoundError(f"head not found: {s} (give a folder holding {HEAD_STATE_FILE} and {HEAD_FILE}, "
-                                    f"or models:/{HEAD_MODEL}@{CHAMPION})")
-        where = p
+    where = _local_or_downloaded(s, dst, "head", f"give a {HEAD_FILE}, a folder holding one, or "
+                                 f"models:/{HEAD_MODEL}@{CHAMPION}", file_ok=True)
+    if where.is_file():
+        return where
+    d = _find(where, [HEAD_FILE])
+    if d is None:
+        raise InfantinoError(f"no {HEAD_FILE} in {s}")
+    return d / HEAD_FILE
+
+
+def resolve_head(uri_or_path: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
+    """The folder holding an online head's state and head.infh (to continue learning): from
+    models:/infantino-head@champion or a local path (a file means its folder)."""
+    s = str(uri_or_path)
+    p = Path(s).expanduser()
+    src = str(p.parent) if not is_mlflow_uri(s) and p.is_file() else s
+    where = _local_or_downloaded(src, dst, "head", f"give a folder holding {HEAD_STATE_FILE} and {HEAD_FILE}, "
+                                 f"or models:/{HEAD_MODEL}@{CHAMPION}", file_ok=False)
     d = _find(where, [HEAD_STATE_FILE, HEAD_FILE])
     if d is None:
         raise InfantinoError(f"no {HEAD_STATE_FILE} + {HEAD_FILE} in {s}")
