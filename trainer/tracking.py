@@ -496,31 +496,28 @@ def _local_or_downloaded(src: str, dst, what: str, hint: str, file_ok: bool) -> 
     raise FileNotFoundError(f"{what} not found: {src}: no such file or folder ({hint})")
 
 
+def _resolve_file(src: str | os.PathLike, dst, name: str, what: str, registered: str) -> Path:
+    """`name` from a file, a folder holding one (the shallowest), or an MLflow URI."""
+    s = str(src)
+    where = _local_or_downloaded(s, dst, what, f"give a {name}, a folder holding one, or models:/{registered}@"
+                                 f"{CHAMPION}", file_ok=True)
+    if where.is_file():
+        return where
+    d = _find(where, [name])
+    if d is None:
+        raise InfantinoError(f"no {name} in {s}")
+    return d / name
+
+
 def resolve_extractor(uri_or_path: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
     """The one resolver of extractor sources: extractor.pt from models:/infantino-extractor@champion, runs:/...,
     a file, or a folder holding one (the shallowest)."""
-    s = str(uri_or_path)
-    where = _local_or_downloaded(s, dst, "extractor", f"give an {EXTRACTOR_FILE}, a folder holding one, or "
-                                 f"models:/{EXTRACTOR_MODEL}@{CHAMPION}", file_ok=True)
-    if where.is_file():
-        return where
-    d = _find(where, [EXTRACTOR_FILE])
-    if d is None:
-        raise InfantinoError(f"no {EXTRACTOR_FILE} in {s}")
-    return d / EXTRACTOR_FILE
+    return _resolve_file(uri_or_path, dst, EXTRACTOR_FILE, "extractor", EXTRACTOR_MODEL)
 
 
 def resolve_head_file(uri_or_path: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
     """head.infh from a file, a folder holding one (the shallowest), or models:/infantino-head@champion."""
-    s = str(uri_or_path)
-    where = _local_or_downloaded(s, dst, "head", f"give a {HEAD_FILE}, a folder holding one, or "
-                                 f"models:/{HEAD_MODEL}@{CHAMPION}", file_ok=True)
-    if where.is_file():
-        return where
-    d = _find(where, [HEAD_FILE])
-    if d is None:
-        raise InfantinoError(f"no {HEAD_FILE} in {s}")
-    return d / HEAD_FILE
+    return _resolve_file(uri_or_path, dst, HEAD_FILE, "head", HEAD_MODEL)
 
 
 def resolve_head(uri_or_path: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
