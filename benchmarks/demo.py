@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     (out / "trainer.yaml").write_text(json.dumps({
         "broker": {"host": "127.0.0.1", "port": broker.port},
         "fleets": [{"name": "nursery", "bundle": str(out / "bundle"), "head_state": str(out / "runs/fit"),
-                    "allow_real_face_regression": args.allow_real_face_regression}],
+                    "devices": ["cam-1"], "allow_real_face_regression": args.allow_real_face_regression}],
         "state_dir": str(out / "service-state"), "signing_key": str(out / "keys/signing.key"),
         "min_interval_ms": 200, "delta_dtype": "float16",
     }, indent=2))

@@ -75,20 +75,21 @@ def payload_and_apply_figures(head, next_head, private_key, public_key, state_di
     from infantino.runtime.contract.head_update import apply_update, encode_delta, encode_full
 
     sizes, apply_ms = {}, {}
-    blobs = {"full_f32": encode_full(next_head, private_key)}
+    blobs = {"full_f32": encode_full(next_head, private_key, fleet="bench")}
     sizes["full_f32"] = len(blobs["full_f32"])
-    sizes["full_f32_zlib"] = len(encode_full(next_head, private_key, compression="zlib"))
+    sizes["full_f32_zlib"] = len(encode_full(next_head, private_key, compression="zlib", fleet="bench"))
     for dt, tag in (("float32", "f32"), ("float16", "f16")):
-        blob, _ = encode_delta(head, next_head, private_key, dtype=dt)
+        blob, _ = encode_delta(head, next_head, private_key, dtype=dt, fleet="bench")
         blobs[f"delta_{tag}"] = blob
         sizes[f"delta_{tag}"] = len(blob)
-        sizes[f"delta_{tag}_zlib"] = len(encode_delta(head, next_head, private_key, dtype=dt, compression="zlib")[0])
+        sizes[f"delta_{tag}_zlib"] = len(encode_delta(head, next_head, private_key, dtype=dt, compression="zlib",
+                                                      fleet="bench")[0])
     for name, blob in blobs.items():
         cur = None if name.startswith("full") else head
         ts = []
         for _ in range(reps):
             t0 = time.perf_counter()
-            apply_update(cur, blob, public_key, head.extractor_id)
+            apply_update(cur, blob, public_key, head.extractor_id, fleet="bench")
             ts.append((time.perf_counter() - t0) * 1e3)
         apply_ms[name] = _pct(ts)
     with HeadStore(state_dir) as store:
@@ -143,7 +144,7 @@ def measure_loop(n: int = 100, *, delta_dtype: str = "float32", hidden=(100,), p
     # the trainer service runs in its own process, as in production (and off the device's GIL)
     svc_cfg = {
         "broker": bcfg, "fleets": [{"name": "bench", "initial_head": str(work / "head" / HEAD_FILE),
-                                    "head_state": str(work / "head" / HEAD_STATE_FILE)}],
+                                    "head_state": str(work / "head" / HEAD_STATE_FILE), "devices": ["bench-cam"]}],
         "state_dir": str(work / "svc"), "signing_key": str(work / "signing.key"), "min_interval_ms": 0,
         "delta_dtype": delta_dtype, "mlflow": {"enabled": False},
         "service_id": f"bench-trainer-{uuid.uuid4().hex[:6]}"}

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from infantino.runtime.configfile import ExistingFile, ExistingPath, WritableDir, load_yaml_config
 from infantino.runtime.face import FaceOptions
 from infantino.runtime.mqtt import BrokerConfig
+from infantino.runtime.contract.signing import TrustedKeys, load_public_key
 
 TOPIC_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -61,6 +62,13 @@ class OtaConfig(_Strict):
     """Head updates."""
 
     public_key: Optional[ExistingFile] = Field(None, description="key that signs head updates (default: public_key)")
+    extra_keys: list[ExistingFile] = Field(default_factory=list, description="more keys whose updates are accepted "
+                                           "(key rotation: add the new key here, then retire the old one)")
+    revoked_keys: list[str] = Field(default_factory=list, description="sha256 fingerprints (infantino-compile "
+                                    "keygen prints them) of keys whose updates are refused even if listed above")
+    max_update_bytes: int = Field(4 << 20, ge=1024, le=256 << 20, description="larger update messages are refused "
+                                  "before anything is parsed")
+    max_command_bytes: int = Field(16 << 10, ge=256, le=1 << 20, description="larger command messages are refused")
     follow_full_head: bool = Field(False, description="stay subscribed to the retained full head (else only "
                                    "at connect and after a missed delta, deltas otherwise)")
 
@@ -111,6 +119,11 @@ class DeviceConfig(_Strict):
     @property
     def update_key_path(self) -> Path:
         return Path(self.ota.public_key or self.public_key)
+
+    def update_keys(self) -> TrustedKeys:
+        """The keys updates may be signed with: the update key plus ota.extra_keys, minus ota.revoked_keys."""
+        paths = [self.update_key_path, *self.ota.extra_keys]
+        return TrustedKeys([load_public_key(p) for p in paths], revoked=self.ota.revoked_keys)
 
 
 def load_device_config(path: str | os.PathLike, overrides: dict | None = None) -> DeviceConfig:

@@ -25,6 +25,8 @@ import numpy as np
 from infantino.runtime.configfile import short_error
 from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.messages import CommandMessage, PredictionMessage, SampleMessage, StatusMessage
+from infantino.runtime.contract.head_update import UpdateLimits
+from infantino.runtime.contract.signing import TrustedKeys
 from infantino.runtime.mqtt import Message
 from infantino.runtime.pipeline import FaceResult
 from infantino.runtime.sources import Reconnecting, SourceConfig
@@ -188,13 +190,11 @@ class DeviceDaemon:
 
     def __init__(self, config: DeviceConfig, pipeline, facts: BundleFacts, source_factory: Callable[[], Iterable],
                  *, update_public_key=None, backend_name: str | None = None):
-        from infantino.runtime.contract.signing import load_public_key
-
         self.config = config
         self.pipeline = pipeline
         self.facts = facts
         self.source_factory = source_factory
-        self.public_key = update_public_key or load_public_key(config.update_key_path)
+        self.update_keys = TrustedKeys.of(update_public_key) if update_public_key is not None else config.update_keys()
         self.backend_name = backend_name or _backend_name(pipeline)
         self.stop_event = threading.Event()
         self.slot = FrameSlot()
@@ -226,7 +226,8 @@ class DeviceDaemon:
         self.link = DeviceLink(self.config, on_update=lambda m: self.inbox.put(("update", m)),
                                on_command=lambda m: self.inbox.put(("cmd", m)),
                                on_connect=lambda _sp: self._status_now.set())
-        self.ota = OtaApplier(self.store, self.public_key, self.facts.extractor_id,
+        self.ota = OtaApplier(self.store, self.update_keys, self.facts.extractor_id, fleet=self.config.fleet,
+                              limits=UpdateLimits(max_bytes=self.config.ota.max_update_bytes),
                               embedding_dim=self.facts.embedding_dim, swap=self.pipeline.swap_head,
                               request_full_head=self.link.request_full_head, on_result=self._on_ota_result)
         for name, target in (("process", self._process_loop), ("control", self._control_loop)):
@@ -392,7 +393,10 @@ class DeviceDaemon:
                 fn(res)
 
     def _handle_command(self, msg: Message) -> None:
+        limit = self.config.ota.max_command_bytes
         try:
+            if len(msg.payload) > limit:
+                raise ValueError(f"command of {len(msg.payload)} bytes exceeds the {limit}-byte limit")
             cmd = CommandMessage.model_validate_json(msg.payload)
         except ValueError as e:
             self._error(f"bad command on {msg.topic}: {short_error(e)}")

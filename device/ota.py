@@ -1,8 +1,9 @@
-"""Over-the-air head updates on the device: verify (runtime.head_update.apply_update), persist, swap.
+"""Over-the-air head updates on the device: verify (runtime.contract.head_update), persist, swap.
 
-Order per the contract: the update must parse, carry a valid signature, match the bundle's extractor, be newer
-than the current head (and than any version rolled back from), and for a delta start from the current head;
-the result's sha256 must match. Then it is persisted atomically (HeadStore) and swapped into the pipeline
+Order per the contract: the message must be within the size limit and carry a valid signature over its raw
+bytes (checked before anything is parsed, inflated or allocated); then it is decoded once and must be for this
+device's fleet and bundle extractor, newer than the current head (and than any version rolled back from), and
+for a delta start from the current head; the result's sha256 must match. Then it is persisted atomically (HeadStore) and swapped into the pipeline
 between two frames. A delta whose base is ahead of the device (a missed delta) makes the device re-request the
 retained full head. Every rejection is logged, journalled and returned with its reason code; a repeat of the
 head already held (the retained full head after each reconnect, a QoS1 redelivery) is a silent `duplicate`.
@@ -19,14 +20,15 @@ from typing import Callable, Optional
 
 from infantino.runtime.contract.errors import UpdateRejected
 from infantino.runtime.contract.head import Head
-from infantino.runtime.contract.head_update import apply_update, parse_update
+from infantino.runtime.contract.head_update import UpdateLimits, build_head, open_update
+from infantino.runtime.contract.signing import TrustedKeys
 
 from .head_store import HeadStore
 
 log = logging.getLogger(__name__)
 
 # Reasons added on the device on top of runtime.head_update's codes.
-DEVICE_REASONS = ("rolled_back", "wrong_input_dim", "persist_failed", "swap_failed", "no_previous")
+DEVICE_REASONS = ("rolled_back", "wrong_input_dim", "persist_failed", "swap_failed", "no_previous", "internal_error")
 
 
 @dataclass
@@ -64,13 +66,16 @@ class OtaApplier:
     Thread-safe: updates are applied one at a time.
     """
 
-    def __init__(self, store: HeadStore, public_key, extractor_id: str, *, embedding_dim: int | None = None,
+    def __init__(self, store: HeadStore, keys, extractor_id: str, *, fleet: str, embedding_dim: int | None = None,
                  swap: Callable[[Head], None] | None = None, request_full_head: Callable[[], None] | None = None,
-                 on_result: Callable[[OtaResult], None] | None = None, history: int = 50):
+                 on_result: Callable[[OtaResult], None] | None = None, history: int = 50,
+                 limits: UpdateLimits = UpdateLimits()):
         if store.current is None:
             raise ValueError("load the head store (HeadStore.load) before applying updates")
         self.store = store
-        self.public_key = public_key
+        self.keys = TrustedKeys.of(keys)
+        self.fleet = fleet
+        self.limits = limits
         self.extractor_id = extractor_id
         self.embedding_dim = embedding_dim
         self.swap = swap
@@ -88,9 +93,15 @@ class OtaApplier:
         return self.store.current
 
     def handle(self, payload: bytes, source: str = "", received_at: float | None = None) -> OtaResult:
-        """Check, persist and swap one update; never raises for a bad update (see OtaResult.reason)."""
+        """Check, persist and swap one update; never raises: every failure is a counted, journalled rejection."""
         with self._lock:
-            res = self._handle(payload, source, received_at if received_at is not None else time.time())
+            received_at = received_at if received_at is not None else time.time()
+            try:
+                res = self._handle(payload, source, received_at)
+            except Exception as e:  # a bug, not bad input: still a counted rejection, and the daemon lives on
+                log.exception("OTA: handling an update failed unexpectedly")
+                res = OtaResult(status="rejected", source=source, received_at=received_at, reason="internal_error",
+                                message=f"{type(e).__name__}: {e}", head_version=self.store.current.version)
             self._finish(res)
         return res
 
@@ -99,13 +110,16 @@ class OtaApplier:
         res = OtaResult(status="rejected", source=source, received_at=received_at, head_version=current.version)
         t0 = time.perf_counter()
         try:
-            upd = parse_update(payload)
+            upd = open_update(payload, self.keys, self.limits)  # size and signature first, then decoded once
         except UpdateRejected as e:
             res.reason, res.message = e.reason, str(e)
+            res.verify_ms = (time.perf_counter() - t0) * 1e3
             return res
-        res.kind, res.version, res.base_version = upd.header.get("kind"), upd.version, upd.base_version
-        created = upd.header.get("created_at")
-        res.created_at = float(created) if isinstance(created, (int, float)) else None
+        res.kind, res.version, res.base_version = upd.kind, upd.version, upd.base_version
+        res.created_at = upd.created_at
+        if upd.fleet != self.fleet:
+            res.reason, res.message = "wrong_fleet", f"update is for fleet {upd.fleet!r}, this device is in {self.fleet!r}"
+            return res
         if upd.version == current.version and upd.header.get("result_sha256") == current.sha256:
             res.status, res.message = "duplicate", f"already running head v{current.version}"
             return res
@@ -115,7 +129,7 @@ class OtaApplier:
                            f"which was rolled back")
             return res
         try:
-            new = apply_update(current, payload, self.public_key, self.extractor_id)
+            new = build_head(current, upd, self.extractor_id, self.fleet)
         except UpdateRejected as e:
             res.reason, res.message = e.reason, str(e)
             res.verify_ms = (time.perf_counter() - t0) * 1e3

@@ -90,7 +90,7 @@ def test_device_cli_runs_updates_labels_and_stops_cleanly(tmp_path, compiled_bun
         new = bundle.head.replace(version=bundle.head.version + 1,
                                   weights=tuple(w + rng.normal(scale=0.01, size=w.shape).astype(np.float32)
                                                 for w in bundle.head.weights))
-        p = obs.publish(T.fleet_head("nursery"), hu.encode_full(new, sk), qos=1, retain=True)
+        p = obs.publish(T.fleet_head("nursery"), hu.encode_full(new, sk, fleet="nursery"), qos=1, retain=True)
         assert p.wait(5)
         assert wait_for(lambda: status().get("head_version") == new.version)
         assert status()["head_sha256"] == new.sha256

@@ -107,11 +107,11 @@ def test_update_applied_end_to_end_and_reported(tmp_path, mosquitto, heads, keyp
     d, pipe, t = start_daemon(cfg, heads, keypair)
     try:
         assert wait_for(lambda: (obs.last_status("cam-1") or {}).get("state") == "online")
-        obs.publish(T.fleet_head("nursery"), hu.encode_full(heads[1], sk), retain=True)
+        obs.publish(T.fleet_head("nursery"), hu.encode_full(heads[1], sk, fleet="nursery"), retain=True)
         assert wait_for(lambda: pipe.head.version == 1)
         prev = heads[1]
         for v in (2, 3):
-            blob, prev = hu.encode_delta(prev, heads[v], sk, dtype="float16")
+            blob, prev = hu.encode_delta(prev, heads[v], sk, dtype="float16", fleet="nursery")
             obs.publish(T.fleet_delta("nursery"), blob)
         assert wait_for(lambda: pipe.head.version == 3) and pipe.head.sha256 == prev.sha256
         assert wait_for(lambda: (obs.last_status("cam-1") or {}).get("head_version") == 3)
@@ -145,23 +145,24 @@ def test_bad_updates_are_rejected_reported_and_the_daemon_keeps_running(tmp_path
     obs = Observer(mosquitto)
     d, pipe, t = start_daemon(device_config(tmp_path, mosquitto, keypair), heads, keypair)
     try:
-        obs.publish(T.fleet_head("nursery"), hu.encode_full(heads[1], sk), retain=True)
+        obs.publish(T.fleet_head("nursery"), hu.encode_full(heads[1], sk, fleet="nursery"), retain=True)
         assert wait_for(lambda: pipe.head.version == 1)
-        bad_delta, _ = hu.encode_delta(heads[2], heads[3], sk)
-        full2 = hu.encode_full(heads[2], sk)
+        bad_delta, _ = hu.encode_delta(heads[2], heads[3], sk, fleet="nursery")
+        full2 = hu.encode_full(heads[2], sk, fleet="nursery")
         nan = [w.copy() for w in heads[2].weights]
         nan[2][0, 0] = np.nan
         small = [np.zeros((64, 8), np.float32), np.zeros(8, np.float32), np.zeros((8, 7), np.float32),
                  np.zeros(7, np.float32)]
-        delta_hdr = update_header(hu.encode_delta(heads[1], heads[2], sk)[0])
+        delta_hdr = update_header(hu.encode_delta(heads[1], heads[2], sk, fleet="nursery")[0])
         bad = {
             "wrong_shapes": forge_update({}, small, "float32", sk, delta_hdr),
             "invalid_weights": forge_update({}, nan, "float32", sk, update_header(full2)),
-            "bad_signature": hu.encode_full(heads[2], other),
-            "wrong_extractor": hu.encode_full(heads[2].replace(extractor_id="f" * 64), sk),
-            "stale_version": hu.encode_full(heads[0], sk),
+            "bad_signature": hu.encode_full(heads[2], other, fleet="nursery"),
+            "wrong_extractor": hu.encode_full(heads[2].replace(extractor_id="f" * 64), sk, fleet="nursery"),
+            "stale_version": hu.encode_full(heads[0], sk, fleet="nursery"),
             "wrong_base": bad_delta,
-            "corrupt": hu.encode_full(heads[2], sk)[:-300],
+            "corrupt": forge_update({"dtype": "int4"}, list(heads[2].weights), "float32", sk, update_header(full2)),
+            "wrong_fleet": hu.encode_full(heads[2], sk, fleet="playroom"),
         }
         frames_before = d.stats.frames
         for reason, blob in bad.items():
@@ -173,7 +174,7 @@ def test_bad_updates_are_rejected_reported_and_the_daemon_keeps_running(tmp_path
         st = obs.last_status("cam-1")
         assert any("bad_signature" in e for e in st["errors"])
         assert wait_for(lambda: d.stats.frames > frames_before + 5)  # still processing frames
-        blob, h2 = hu.encode_delta(heads[1], heads[2], sk)
+        blob, h2 = hu.encode_delta(heads[1], heads[2], sk, fleet="nursery")
         obs.publish(T.fleet_delta("nursery"), blob)
         assert wait_for(lambda: pipe.head.sha256 == h2.sha256)
     finally:
@@ -186,12 +187,12 @@ def test_missed_delta_falls_back_to_the_retained_full_head(tmp_path, mosquitto, 
     obs = Observer(mosquitto)
     d, pipe, t = start_daemon(device_config(tmp_path, mosquitto, keypair), heads, keypair)
     try:
-        obs.publish(T.fleet_head("nursery"), hu.encode_full(heads[1], sk), retain=True)
+        obs.publish(T.fleet_head("nursery"), hu.encode_full(heads[1], sk, fleet="nursery"), retain=True)
         assert wait_for(lambda: pipe.head.version == 1)
         assert wait_for(lambda: not d.link.link.is_subscribed(d.link.head_topic))  # deltas only from now on
-        _, h2 = hu.encode_delta(heads[1], heads[2], sk)        # v2 never reaches the device
-        blob3, h3 = hu.encode_delta(h2, heads[3], sk)
-        obs.publish(T.fleet_head("nursery"), hu.encode_full(h3, sk), retain=True)  # the trainer: full first,
+        _, h2 = hu.encode_delta(heads[1], heads[2], sk, fleet="nursery")        # v2 never reaches the device
+        blob3, h3 = hu.encode_delta(h2, heads[3], sk, fleet="nursery")
+        obs.publish(T.fleet_head("nursery"), hu.encode_full(h3, sk, fleet="nursery"), retain=True)  # the trainer: full first,
         obs.publish(T.fleet_delta("nursery"), blob3)                                # then the delta
         assert wait_for(lambda: pipe.head.sha256 == h3.sha256)
         assert d.ota.rejections == {"wrong_base": 1}
@@ -235,16 +236,16 @@ def test_rollback_command_and_restart_keep_the_previous_head(tmp_path, mosquitto
     cfg = device_config(tmp_path, mosquitto, keypair)
     d, pipe, t = start_daemon(cfg, heads, keypair)
     try:
-        obs.publish(T.fleet_head("nursery"), hu.encode_full(heads[1], sk), retain=True)
+        obs.publish(T.fleet_head("nursery"), hu.encode_full(heads[1], sk, fleet="nursery"), retain=True)
         assert wait_for(lambda: pipe.head.version == 1)
-        blob, h2 = hu.encode_delta(heads[1], heads[2], sk)
+        blob, h2 = hu.encode_delta(heads[1], heads[2], sk, fleet="nursery")
         obs.publish(T.fleet_delta("nursery"), blob)
         assert wait_for(lambda: pipe.head.version == 2)
         reply = send_command(cfg, {"command": "rollback"})
         assert reply["result"]["status"] == "rolled_back" and pipe.head.version == 1
         with pytest.raises(CommandFailed, match="no previous head"):
             send_command(cfg, {"command": "rollback"})
-        obs.publish(T.fleet_head("nursery"), hu.encode_full(h2, sk), retain=True)
+        obs.publish(T.fleet_head("nursery"), hu.encode_full(h2, sk, fleet="nursery"), retain=True)
         d.link.request_full_head()
         assert wait_for(lambda: d.ota.rejections.get("rolled_back", 0) >= 1)
         assert pipe.head.version == 1
@@ -271,9 +272,9 @@ def test_last_will_offline_then_reconnect_and_resubscribe(tmp_path, mosquitto, h
         assert wait_for(lambda: d.link.link.connects > connects)
         assert wait_for(lambda: (obs.last_status("cam-1") or {}).get("state") == "online")
         # subscriptions were renewed: a delta published now still arrives
-        obs.publish(T.fleet_head("nursery"), hu.encode_full(heads[1], sk), retain=True)
+        obs.publish(T.fleet_head("nursery"), hu.encode_full(heads[1], sk, fleet="nursery"), retain=True)
         assert wait_for(lambda: pipe.head.version == 1)
-        blob, _ = hu.encode_delta(heads[1], heads[2], sk)
+        blob, _ = hu.encode_delta(heads[1], heads[2], sk, fleet="nursery")
         obs.publish(T.fleet_delta("nursery"), blob)
         assert wait_for(lambda: pipe.head.version == 2)
     finally:
@@ -291,7 +292,7 @@ def test_broker_restart_device_reconnects_with_bounded_backoff(tmp_path, mosquit
         mosquitto.start()
         assert wait_for(lambda: d.link.connected, 5)
         obs = Observer(mosquitto)
-        obs.publish(T.fleet_head("nursery"), hu.encode_full(heads[1], sk), retain=True)
+        obs.publish(T.fleet_head("nursery"), hu.encode_full(heads[1], sk, fleet="nursery"), retain=True)
         d.link.request_full_head()
         assert wait_for(lambda: pipe.head.version == 1)
         obs.close()

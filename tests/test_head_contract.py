@@ -71,7 +71,7 @@ def heads(mlp):
 def test_delta_applies_to_the_published_result(heads, keypair, dtype):
     base, new = heads
     _, _, sk, pk = keypair
-    blob, published = hu.encode_delta(base, new, sk, dtype=dtype)
+    blob, published = hu.encode_delta(base, new, sk, dtype=dtype, fleet="nursery")
     got = hu.apply_update(base, blob, pk, EXT)
     assert got.version == 2 and got.sha256 == published.sha256
     assert np.abs(got.forward(np.ones((1, 64))) - new.forward(np.ones((1, 64)))).max() < 1e-4
@@ -80,7 +80,7 @@ def test_delta_applies_to_the_published_result(heads, keypair, dtype):
 def test_full_update_round_trip_with_compression(heads, keypair):
     _, new = heads
     _, _, sk, pk = keypair
-    got = hu.apply_update(None, hu.encode_full(new, sk, compression="zlib"), pk, EXT)
+    got = hu.apply_update(None, hu.encode_full(new, sk, compression="zlib", fleet="nursery"), pk, EXT)
     assert got.sha256 == new.sha256
 
 
@@ -97,13 +97,13 @@ def test_every_rejection_reason(heads, keypair, tmp_path):
     _, _, sk, pk = keypair
     signing.generate_keypair(tmp_path / "other.key", tmp_path / "other.pub")
     other = signing.load_private_key(tmp_path / "other.key")
-    delta, _ = hu.encode_delta(base, new, sk)
+    delta, _ = hu.encode_delta(base, new, sk, fleet="nursery")
     assert _reason(lambda: hu.apply_update(base, delta, pk, "f" * 64)) == "wrong_extractor"
-    assert _reason(lambda: hu.apply_update(base, hu.encode_delta(base, new, other)[0], pk, EXT)) == "bad_signature"
-    assert _reason(lambda: hu.apply_update(new, hu.encode_full(new, sk), pk, EXT)) == "stale_version"
+    assert _reason(lambda: hu.apply_update(base, hu.encode_delta(base, new, other, fleet="nursery")[0], pk, EXT)) == "bad_signature"
+    assert _reason(lambda: hu.apply_update(new, hu.encode_full(new, sk, fleet="nursery"), pk, EXT)) == "stale_version"
     assert _reason(lambda: hu.apply_update(None, delta, pk, EXT)) == "wrong_base"
     assert _reason(lambda: hu.apply_update(base.replace(version=0), delta, pk, EXT)) == "wrong_base"
-    assert _reason(lambda: hu.apply_update(base, delta[:-70], pk, EXT)) == "corrupt"
+    assert _reason(lambda: hu.apply_update(base, delta[:-70], pk, EXT)) == "bad_signature"  # checked first
     assert _reason(lambda: hu.apply_update(base, b"garbage", pk, EXT)) == "corrupt"
     flipped = bytearray(delta)
     flipped[200] ^= 1
@@ -112,7 +112,7 @@ def test_every_rejection_reason(heads, keypair, tmp_path):
     nan_w = list(new.weights)
     nan_w[0] = nan_w[0].copy()
     nan_w[0][0, 0] = np.nan
-    hdr = hu._header_common(new, "full", "float32", "none", 0)
+    hdr = hu._header_common(new, "full", "float32", "none", 0, "nursery")
     payload = hu.binfmt.arrays_to_bytes(nan_w, "float32")
     hdr.update(payload_len=len(payload), base_version=None, result_sha256=new.sha256)
     assert _reason(lambda: hu.apply_update(base, hu._seal(hdr, payload, sk), pk, EXT)) == "invalid_weights"

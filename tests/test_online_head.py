@@ -105,9 +105,9 @@ def test_deltas_between_versions_apply_on_device(online_head, online_domains, ke
     for i in range(3):
         online_head.learn_one(inf.X_train[i], int(inf.y_train[i]), route="train")
     new = online_head.to_head()
-    device = apply_update(None, encode_full(base, priv), pub, base.extractor_id)
+    device = apply_update(None, encode_full(base, priv, fleet="nursery"), pub, base.extractor_id)
     for dtype, tol in (("float32", 1e-6), ("float16", 1e-2)):
-        blob, result = encode_delta(base, new, priv, dtype=dtype)
+        blob, result = encode_delta(base, new, priv, dtype=dtype, fleet="nursery")
         applied = apply_update(device, blob, pub, base.extractor_id)
         assert applied.sha256 == result.sha256 and applied.version == new.version
         assert applied.conformal_qhat == new.conformal_qhat

@@ -34,16 +34,16 @@ def make_applier(tmp_path, heads, pub, **kw):
     store = HeadStore(tmp_path / "state")
     store.load(heads[0])
     swapped = Swapped()
-    return OtaApplier(store, pub, DEVICE_EXT, embedding_dim=64, swap=swapped, **kw), store, swapped
+    return OtaApplier(store, pub, DEVICE_EXT, fleet="nursery", embedding_dim=64, swap=swapped, **kw), store, swapped
 
 
 def test_full_then_delta_chain_is_applied_persisted_and_resumed(tmp_path, device_heads, keypair):
     _, _, sk, pk = keypair
     heads = device_heads
     ota, store, swapped = make_applier(tmp_path, heads, pk)
-    r1 = ota.handle(hu.encode_full(heads[1], sk), source="head")
+    r1 = ota.handle(hu.encode_full(heads[1], sk, fleet="nursery"), source="head")
     assert r1.status == "applied" and r1.version == 1
-    blob, published2 = hu.encode_delta(heads[1], heads[2], sk, dtype="float16")
+    blob, published2 = hu.encode_delta(heads[1], heads[2], sk, dtype="float16", fleet="nursery")
     r2 = ota.handle(blob, source="delta")
     assert r2.status == "applied" and r2.kind == "delta"
     assert swapped.heads[-1].sha256 == published2.sha256 == store.current.sha256
@@ -61,9 +61,9 @@ def test_full_then_delta_chain_is_applied_persisted_and_resumed(tmp_path, device
 def test_repeated_full_head_is_a_silent_duplicate(tmp_path, device_heads, keypair):
     _, _, sk, pk = keypair
     ota, store, _ = make_applier(tmp_path, device_heads, pk)
-    blob = hu.encode_full(device_heads[1], sk)
+    blob = hu.encode_full(device_heads[1], sk, fleet="nursery")
     assert ota.handle(blob).status == "applied"
-    again = ota.handle(hu.encode_full(device_heads[1], sk))  # re-encoded (other timestamp), same head
+    again = ota.handle(hu.encode_full(device_heads[1], sk, fleet="nursery"))  # re-encoded (other timestamp), same head
     assert again.status == "duplicate" and not ota.rejections
     store.close()
 
@@ -71,9 +71,9 @@ def test_repeated_full_head_is_a_silent_duplicate(tmp_path, device_heads, keypai
 def _bad_updates(heads, keypair, other_keypair):
     """(name, expected reason, update bytes) for every way an update must be refused; current head is v1."""
     _, _, sk, _ = keypair
-    good_full = hu.encode_full(heads[2], sk)
+    good_full = hu.encode_full(heads[2], sk, fleet="nursery")
     base_hdr = update_header(good_full)
-    delta_23, _ = hu.encode_delta(heads[2], heads[3], sk)
+    delta_23, _ = hu.encode_delta(heads[2], heads[3], sk, fleet="nursery")
     flipped = bytearray(good_full)
     flipped[len(flipped) // 2] ^= 0x01
     other_ext = heads[2].replace(extractor_id="f" * 64)
@@ -81,17 +81,20 @@ def _bad_updates(heads, keypair, other_keypair):
     nan_arrays[0][0, 0] = np.nan
     wrong_arrays = [np.zeros((32, 16), np.float32), np.zeros(16, np.float32), np.zeros((16, 7), np.float32),
                     np.zeros(7, np.float32)]
-    delta_hdr = update_header(hu.encode_delta(heads[1], heads[2], sk)[0])
+    delta_hdr = update_header(hu.encode_delta(heads[1], heads[2], sk, fleet="nursery")[0])
     small_head = make_head_chain(2, hidden=(8,))[1].replace(version=9)
     return [
-        ("bad signature", "bad_signature", hu.encode_full(heads[2], other_keypair)),
+        ("bad signature", "bad_signature", hu.encode_full(heads[2], other_keypair, fleet="nursery")),
         ("flipped byte", "bad_signature", bytes(flipped)),
-        ("truncated", "corrupt", good_full[:-100]),
-        ("garbage", "corrupt", b"INFU" + os.urandom(200)),
+        ("truncated", "bad_signature", good_full[:-100]),  # the signature is checked before anything is parsed
+        ("garbage", "bad_signature", b"INFU" + os.urandom(200)),
+        ("signed but malformed", "corrupt", forge_update({"dtype": "int4"}, list(heads[2].weights), "float32", sk,
+                                                         base_hdr)),
+        ("other fleet", "wrong_fleet", hu.encode_full(heads[2], sk, fleet="playroom")),
         ("not an update", "corrupt", b"hello"),
-        ("wrong extractor", "wrong_extractor", hu.encode_full(other_ext, sk)),
-        ("repeated version", "stale_version", hu.encode_full(heads[2].replace(version=1), sk)),
-        ("old version", "stale_version", hu.encode_full(heads[0], sk)),
+        ("wrong extractor", "wrong_extractor", hu.encode_full(other_ext, sk, fleet="nursery")),
+        ("repeated version", "stale_version", hu.encode_full(heads[2].replace(version=1), sk, fleet="nursery")),
+        ("old version", "stale_version", hu.encode_full(heads[0], sk, fleet="nursery")),
         ("wrong base", "wrong_base", delta_23),
         ("delta with other shapes", "wrong_shapes",
          forge_update({"kind": "delta", "base_version": 1, "version": 2}, wrong_arrays[:2] + [np.zeros((16, 7), np.float32), np.zeros(7, np.float32)], "float32", sk, delta_hdr)),
@@ -99,10 +102,10 @@ def _bad_updates(heads, keypair, other_keypair):
         ("result hash mismatch", "hash_mismatch",
          forge_update({"result_sha256": "0" * 64}, list(heads[2].weights), "float32", sk, base_hdr)),
         ("wrong input size", "wrong_input_dim",
-         hu.encode_full(Head(weights=tuple(wrong_arrays), version=7, extractor_id=DEVICE_EXT), sk)),
+         hu.encode_full(Head(weights=tuple(wrong_arrays), version=7, extractor_id=DEVICE_EXT), sk, fleet="nursery")),
         ("other hidden size is fine but classes differ", "wrong_classes",
          forge_update({"classes": list(reversed(small_head.classes))}, list(small_head.weights), "float32", sk,
-                      update_header(hu.encode_full(small_head, sk)) | {"result_sha256": small_head.sha256})),
+                      update_header(hu.encode_full(small_head, sk, fleet="nursery")) | {"result_sha256": small_head.sha256})),
     ]
 
 
@@ -113,7 +116,7 @@ def test_every_bad_update_is_rejected_with_its_reason_and_the_head_is_unchanged(
     generate_keypair(tmp_path / "other.key", tmp_path / "other.pub")
     other = load_private_key(tmp_path / "other.key")
     ota, store, swapped = make_applier(tmp_path, device_heads, pk)
-    assert ota.handle(hu.encode_full(device_heads[1], sk)).applied
+    assert ota.handle(hu.encode_full(device_heads[1], sk, fleet="nursery")).applied
     on_disk = (tmp_path / "state" / CURRENT).read_bytes()
     for name, reason, blob in _bad_updates(device_heads, keypair, other):
         res = ota.handle(blob, source=name)
@@ -124,7 +127,7 @@ def test_every_bad_update_is_rejected_with_its_reason_and_the_head_is_unchanged(
     rejected = [e for e in store.read_journal() if e["event"] == "rejected"]
     assert len(rejected) == len(_bad_updates(device_heads, keypair, other))
     # still healthy afterwards: a good update goes through
-    blob, pub2 = hu.encode_delta(device_heads[1], device_heads[2], sk)
+    blob, pub2 = hu.encode_delta(device_heads[1], device_heads[2], sk, fleet="nursery")
     assert ota.handle(blob).applied and store.current.sha256 == pub2.sha256
     store.close()
 
@@ -133,11 +136,11 @@ def test_missed_delta_requests_the_retained_full_head(tmp_path, device_heads, ke
     _, _, sk, pk = keypair
     asked = []
     ota, store, _ = make_applier(tmp_path, device_heads, pk, request_full_head=lambda: asked.append(1))
-    _, h1 = hu.encode_delta(device_heads[0], device_heads[1], sk)
-    blob2, h2 = hu.encode_delta(h1, device_heads[2], sk)  # device never got v1
+    _, h1 = hu.encode_delta(device_heads[0], device_heads[1], sk, fleet="nursery")
+    blob2, h2 = hu.encode_delta(h1, device_heads[2], sk, fleet="nursery")  # device never got v1
     res = ota.handle(blob2)
     assert res.reason == "wrong_base" and asked == [1]
-    assert ota.handle(hu.encode_full(h2, sk)).applied and store.current.sha256 == h2.sha256
+    assert ota.handle(hu.encode_full(h2, sk, fleet="nursery")).applied and store.current.sha256 == h2.sha256
     store.close()
 
 
@@ -146,19 +149,19 @@ def test_rollback_returns_to_previous_and_refuses_the_bad_version(tmp_path, devi
     h = device_heads
     ota, store, swapped = make_applier(tmp_path, h, pk)
     assert ota.rollback().reason == "no_previous"
-    assert ota.handle(hu.encode_full(h[1], sk)).applied
-    assert ota.handle(hu.encode_full(h[2], sk)).applied
+    assert ota.handle(hu.encode_full(h[1], sk, fleet="nursery")).applied
+    assert ota.handle(hu.encode_full(h[2], sk, fleet="nursery")).applied
     res = ota.rollback()
     assert res.status == "rolled_back" and store.current.version == 1 and swapped.heads[-1].version == 1
-    assert ota.handle(hu.encode_full(h[2], sk)).reason == "rolled_back"
+    assert ota.handle(hu.encode_full(h[2], sk, fleet="nursery")).reason == "rolled_back"
     assert ota.rollback().reason == "no_previous"
     store.close()
     again = HeadStore(tmp_path / "state")
     assert again.load(h[0]).head.version == 1 and again.blocked_up_to == 2
     again.close()
     ota, store, _ = make_applier(tmp_path, h, pk)
-    assert ota.handle(hu.encode_full(h[2], sk)).reason == "rolled_back"
-    assert ota.handle(hu.encode_full(h[3], sk)).applied  # newer than the bad one: accepted
+    assert ota.handle(hu.encode_full(h[2], sk, fleet="nursery")).reason == "rolled_back"
+    assert ota.handle(hu.encode_full(h[3], sk, fleet="nursery")).applied  # newer than the bad one: accepted
     store.close()
 
 
@@ -246,7 +249,7 @@ state, updates_dir, pub = sys.argv[1], Path(sys.argv[2]), load_public_key(sys.ar
 bundle_head = Head.from_bytes((updates_dir / "bundle.infh").read_bytes())
 store = HeadStore(state)
 store.load(bundle_head)
-ota = OtaApplier(store, pub, bundle_head.extractor_id, embedding_dim=64)
+ota = OtaApplier(store, pub, bundle_head.extractor_id, fleet="nursery", embedding_dim=64)
 n = len(list(updates_dir.glob("delta-*.bin")))
 print("ready", store.current.version, flush=True)
 while True:  # apply the chain of deltas from the stored version on, then start over from a full head
@@ -273,9 +276,9 @@ def test_sigkill_during_persist_always_leaves_a_valid_head(tmp_path, keypair):
     valid = {heads[0].sha256}
     prev = heads[0]
     for v in range(1, len(heads)):
-        blob, prev = hu.encode_delta(prev, heads[v], sk, dtype="float16" if v % 2 else "float32")
+        blob, prev = hu.encode_delta(prev, heads[v], sk, dtype="float16" if v % 2 else "float32", fleet="nursery")
         (upd / f"delta-{v}.bin").write_bytes(blob)
-        (upd / f"full-{v}.bin").write_bytes(hu.encode_full(prev, sk))
+        (upd / f"full-{v}.bin").write_bytes(hu.encode_full(prev, sk, fleet="nursery"))
         valid.add(prev.sha256)
     script = tmp_path / "worker.py"
     script.write_text(PERSIST_WORKER)

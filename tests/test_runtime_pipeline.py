@@ -180,7 +180,7 @@ def test_signed_update_applied_and_swapped(runtime_loaded, keypair, real_faces):
 
     base = runtime_loaded.head
     new = _heads(base, 1)[base.version + 1]
-    blob, published = hu.encode_delta(base, new, keypair[2], dtype="float16")
+    blob, published = hu.encode_delta(base, new, keypair[2], dtype="float16", fleet="nursery")
     with Pipeline(runtime_loaded, backend="onnxruntime") as pipe:
         got = hu.apply_update(pipe.head, blob, keypair[3], runtime_loaded.extractor_id)
         pipe.swap_head(got)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures_device import ProjectionPipeline
+from fixtures_device import ProjectionPipeline, update_header
 from fixtures_mqtt import mqtt_broker_config
 from fixtures_mqtt import wait_for as _wait_for
 from fixtures_service import SERVICE_EXT, service_sample
@@ -23,7 +23,6 @@ from infantino.device.config import DeviceConfig
 from infantino.device.daemon import BundleFacts, DeviceDaemon
 from infantino.runtime.configfile import ConfigError, validate_config
 from infantino.runtime.contract.head import Head
-from infantino.runtime.contract.head_update import parse_update
 from infantino.runtime.mqtt import MqttLink
 from infantino.runtime.contract.topics import Topics
 from infantino.trainer.service import TrainerServiceConfig, UpdateService, load_service_config
@@ -40,7 +39,7 @@ def service_dict(tmp_path, broker, head_dir, keypair, **over) -> dict:
     data = {
         "broker": mqtt_broker_config(broker).model_dump(exclude_none=True, mode="json"),
         "fleets": [{"name": "nursery", "initial_head": str(head_dir / "head.infh"),
-                    "head_state": str(head_dir / "head_state.pkl")}],
+                    "head_state": str(head_dir / "head_state.pkl"), "devices": ["cam-1", "cam-2", "cam-9"]}],
         "state_dir": str(tmp_path / "svc"), "signing_key": str(keypair[0]), "min_interval_ms": 100,
         "mlflow": {"enabled": False},
     }
@@ -65,11 +64,11 @@ class UpdateLog:
         self.link.subscribe_and_wait(T.fleet_delta(fleet), self._on, qos=1)
 
     def _on(self, m):
-        u = parse_update(m.payload)
+        h = update_header(m.payload)
         with self.lock:
-            self.by_version.setdefault(u.version, set()).add(u.header["result_sha256"])
-            if u.kind == "delta" and not m.dup:
-                self.deltas.append(u.version)
+            self.by_version.setdefault(h["version"], set()).add(h["result_sha256"])
+            if h["kind"] == "delta" and not m.dup:
+                self.deltas.append(h["version"])
 
     def close(self):
         self.link.stop()
@@ -150,6 +149,10 @@ def test_duplicates_and_invalid_samples_are_not_learned(tmp_path, mosquitto, ser
                                              "embedding": [1.0] * 64, "extractor_id": SERVICE_EXT,
                                              "label": "sleepy"})),                              # unknown label
             (T.samples("cam-1"), service_sample(4).model_copy(update={"embedding": [1.0] * 10}).model_dump_json()),
+            (T.samples("cam-7"), service_sample(5, device="cam-7").model_dump_json()),       # not in the allow-list
+            (T.samples("cam-1"), json.dumps({**json.loads(service_sample(6).model_dump_json()),
+                                             "confidence": 1e6})),                            # weight out of [0, 1]
+            (T.samples("cam-1"), b" " * (65 << 10) + service_sample(7).model_dump_json().encode()),  # over the cap
         ]
         for topic, payload in bad:
             pub.publish(topic, payload, qos=1)
@@ -322,6 +325,16 @@ def test_config_errors_name_every_bad_field(tmp_path, service_head_dir, keypair,
     assert err.startswith("infantino-train: error: ") and "broker.port" in err and "delta_dtype" in err
 
 
+def test_a_fleet_must_list_its_devices_unless_any_device_is_allowed(tmp_path, mosquitto, service_head_dir, keypair):
+    """The sample allow-list is on by default: a fleet without `devices` is a config error naming the choice."""
+    data = service_dict(tmp_path, mosquitto, service_head_dir, keypair)
+    del data["fleets"][0]["devices"]
+    with pytest.raises(ConfigError, match="list its devices .* or set allow_any_device: true"):
+        validate_config(TrainerServiceConfig, data)
+    data["fleets"][0]["allow_any_device"] = True
+    assert validate_config(TrainerServiceConfig, data).fleets[0].allow_any_device
+
+
 def test_version_record_survives_a_torn_write(tmp_path):
     from infantino.trainer.service import VersionRecord
 
@@ -348,7 +361,8 @@ def test_real_face_guard_holds_back_a_regressing_head_version(tmp_path, mosquitt
     bundle = load_bundle(compiled_bundle.path, public_key=compiled_bundle.public_key)
     hidden = tuple(s[1] for s in bundle.head.shapes[0:-2:2])
     head_dir = make_online_head_dir(tmp_path / "head", extractor_id=bundle.extractor_id, hidden=hidden)
-    fleet = {"name": "nursery", "bundle": str(compiled_bundle.path), "head_state": str(head_dir / "head_state.pkl")}
+    fleet = {"name": "nursery", "bundle": str(compiled_bundle.path), "head_state": str(head_dir / "head_state.pkl"),
+             "devices": ["cam-1"]}
     statuses = []
     watch = MqttLink(mqtt_broker_config(mosquitto), f"status-{time.monotonic_ns()}", clean_start=True).start()
     assert watch.wait_connected(5)

@@ -63,7 +63,10 @@ class FleetConfig(_Strict):
     initial_head: Optional[ExistingFile] = Field(None, description="instead of bundle: the bundle's head.infh "
                                                  "(it names its extractor id)")
     head_state: ExistingPath = Field(..., description="OnlineHead state (head_state.pkl or its directory) to start from")
-    devices: Optional[list[str]] = Field(None, description="accept samples only from these device ids")
+    devices: Optional[list[str]] = Field(None, description="the fleet's device ids: samples from any other device "
+                                         "are refused (required unless allow_any_device)")
+    allow_any_device: bool = Field(False, description="accept samples from any device that names this fleet "
+                                   "(only for a broker whose ACL already restricts who may publish samples)")
     real_face_guard: bool = Field(True, description="hold back head versions that agree less with the FER-2013 "
                                   "teacher on held-out real faces than the guard allows (needs `bundle`)")
     allow_real_face_regression: bool = Field(False, description="publish such versions anyway (logged)")
@@ -72,6 +75,9 @@ class FleetConfig(_Strict):
     def _one_source(self):
         if (self.bundle is None) == (self.initial_head is None):
             raise ValueError("give either bundle (the fleet's bundle) or initial_head (its head.infh), exactly one")
+        if self.devices is None and not self.allow_any_device:
+            raise ValueError(f"fleet {self.name}: list its devices (devices: [cam-01, ...]) or set "
+                             "allow_any_device: true (any device could then train this fleet's head)")
         return self
 
     @field_validator("name")
@@ -107,6 +113,8 @@ class TrainerServiceConfig(_Strict):
     checkpoint_every: int = Field(16, ge=1, le=10000, description="checkpoint + acknowledge at least every N samples")
     checkpoint_s: float = Field(2.0, gt=0, le=3600, description="... and at least this often (seconds)")
     dedupe_window: int = Field(20000, ge=100, description="sample ids remembered to drop redeliveries")
+    max_sample_bytes: int = Field(64 << 10, ge=1024, le=16 << 20, description="larger sample messages are refused "
+                                  "before they are parsed")
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
 
     @model_validator(mode="after")
@@ -350,7 +358,7 @@ class FleetWorker:
         if self.state.published.extractor_id != self.extractor_id:
             raise ConfigError(f"fleet {cfg.name}: the saved state belongs to another extractor; "
                               f"move {self.state.dir} away to start over with this bundle")
-        self.full_bytes = encode_full(self.state.published, signing_key, compression=svc.compression)
+        self.full_bytes = encode_full(self.state.published, signing_key, fleet=cfg.name, compression=svc.compression)
         self.dirty_samples: list[str] = []
         self.first_received_at: float | None = None
         self.unacked: list[Message] = []
@@ -388,16 +396,16 @@ class FleetWorker:
         new = new.replace(version=st.floor + 1, extractor_id=self.extractor_id)
         delta = None
         if st.knows_device_head and new.shapes == pub.shapes:
-            delta, new = encode_delta(pub, new, self.signing_key, dtype=self.svc.delta_dtype,
+            delta, new = encode_delta(pub, new, self.signing_key, fleet=self.name, dtype=self.svc.delta_dtype,
                                       compression=self.svc.compression)
-        full = encode_full(new, self.signing_key, compression=self.svc.compression)
+        full = encode_full(new, self.signing_key, fleet=self.name, compression=self.svc.compression)
         return delta, full, new
 
     def check_retained(self, payload: bytes) -> str:
         """Reconcile with the broker's retained head: 'same', 'adopted', 'republish' (ours) or 'new_full'."""
         st = self.state
         try:
-            head = apply_update(None, payload, self.public_key, self.extractor_id)
+            head = apply_update(None, payload, self.public_key, self.extractor_id, fleet=self.name)
         except UpdateRejected as e:
             log.warning("fleet %s: the retained head on the broker is unusable (%s)", self.name, e)
             head = None
@@ -684,6 +692,9 @@ class UpdateService:
     def _handle_sample(self, msg: Message) -> None:
         self.counters["received"] += 1
         try:
+            if len(msg.payload) > self.config.max_sample_bytes:
+                raise ValueError(f"sample of {len(msg.payload)} bytes exceeds the {self.config.max_sample_bytes}-byte "
+                                 "limit")
             sample = SampleMessage.model_validate_json(msg.payload)
             device = self.topics.device_from_topic(msg.topic)
             if sample.device_id != device:
@@ -691,7 +702,7 @@ class UpdateService:
             w = self.fleets.get(sample.fleet)
             if w is None:
                 raise ValueError(f"unknown fleet {sample.fleet!r} (this service serves {', '.join(self.fleets)})")
-            if w.cfg.devices is not None and device not in w.cfg.devices:
+            if not w.cfg.allow_any_device and device not in (w.cfg.devices or ()):
                 raise ValueError(f"device {device!r} is not listed for fleet {w.name}")
             if sample.extractor_id != w.extractor_id:
                 raise ValueError(f"sample embedding comes from extractor {sample.extractor_id[:12]}…, fleet "

@@ -138,12 +138,12 @@ def section_updates(args, cache) -> dict:
         new = head.to_head()
         for kind, dt, comp in kinds:
             if dt is None:
-                blob, base = head_update.encode_full(new, priv, compression=comp), None
+                blob, base = head_update.encode_full(new, priv, compression=comp, fleet="bench"), None
             else:
                 base = published[kind]
                 if new.version <= base.version:  # the sample went to calibration only: no new version
                     continue
-                blob, published[kind] = head_update.encode_delta(base, new, priv, dtype=dt, compression=comp)
+                blob, published[kind] = head_update.encode_delta(base, new, priv, dtype=dt, compression=comp, fleet="bench")
             sizes[kind].append(len(blob))
             t = time.perf_counter()
             head_update.apply_update(base, blob, pub, eid)

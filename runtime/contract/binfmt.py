@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from typing import Sequence
 
@@ -46,23 +47,42 @@ def arrays_to_bytes(arrays: Sequence[np.ndarray], dtype: str) -> bytes:
     return b"".join(np.ascontiguousarray(a, dtype=dt).tobytes() for a in arrays)
 
 
-def bytes_to_arrays(payload: bytes, shapes: Sequence[Sequence[int]], dtype: str) -> list[np.ndarray]:
-    """Split `payload` into arrays of `shapes`; HeadError if the sizes do not add up exactly."""
+MAX_ARRAYS = 64
+MAX_DIM = 1 << 20
+MAX_PAYLOAD = 64 << 20  # 64 MiB: far above any head (a 64-256-7 MLP is ~70 KB)
+
+
+def checked_shapes(shapes, dtype: str, max_bytes: int = MAX_PAYLOAD) -> tuple[list[tuple[int, ...]], int]:
+    """(shapes as int tuples, payload bytes they need), from an untrusted header: at most MAX_ARRAYS arrays of
+    1-2 positive dimensions <= MAX_DIM, needing at most `max_bytes`. Python ints, so nothing overflows."""
+    if not isinstance(shapes, (list, tuple)) or not 0 < len(shapes) <= MAX_ARRAYS:
+        raise HeadError(f"bad shapes in header: expected a list of 1-{MAX_ARRAYS} shapes")
+    out = []
+    for s in shapes:
+        if (not isinstance(s, (list, tuple)) or not 1 <= len(s) <= 2
+                or not all(type(d) is int and 0 < d <= MAX_DIM for d in s)):
+            raise HeadError(f"bad shapes in header: {str(s)[:80]} (each 1-2 integer dimensions in 1..{MAX_DIM})")
+        out.append(tuple(s))
+    need = sum(math.prod(s) for s in out) * np.dtype(dtype).itemsize
+    if need > max_bytes:
+        raise HeadError(f"shapes need {need} bytes, more than the {max_bytes} allowed")
+    return out, need
+
+
+def bytes_to_arrays(payload: bytes, shapes: Sequence[Sequence[int]], dtype: str,
+                    max_bytes: int = MAX_PAYLOAD) -> list[np.ndarray]:
+    """Split `payload` into float32 arrays of `shapes` (checked_shapes); HeadError if sizes do not add up."""
+    if dtype not in ("float32", "float16"):
+        raise HeadError(f"unsupported dtype {dtype!r}")
     dt = np.dtype(dtype).newbyteorder("<")
-    try:
-        shapes = [tuple(int(d) for d in s) for s in shapes]
-    except (TypeError, ValueError):
-        raise HeadError(f"bad shapes in header: {shapes!r}") from None
-    if any(d <= 0 for s in shapes for d in s):
-        raise HeadError(f"bad shapes in header: {shapes!r}")
-    need = sum(int(np.prod(s)) for s in shapes) * dt.itemsize
+    shapes, need = checked_shapes(shapes, dtype, max_bytes)
     if need != len(payload):
         raise HeadError(f"payload has {len(payload)} bytes, shapes need {need}")
     out, off = [], 0
     for s in shapes:
-        n = int(np.prod(s)) * dt.itemsize
-        out.append(np.frombuffer(payload, dtype=dt, count=n // dt.itemsize, offset=off).reshape(s).astype(np.float32))
-        off += n
+        n = math.prod(s)
+        out.append(np.frombuffer(payload, dtype=dt, count=n, offset=off).reshape(s).astype(np.float32))
+        off += n * dt.itemsize
     return out
 
 

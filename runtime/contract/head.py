@@ -46,6 +46,16 @@ class Head:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if not self.classes or not all(isinstance(c, str) and c for c in self.classes) \
+                or len(set(self.classes)) != len(self.classes):
+            raise HeadError("classes must be distinct non-empty names")
+        if not isinstance(self.extractor_id, str) or not isinstance(self.meta, dict):
+            raise HeadError("extractor_id must be a string and meta an object")
+        for name in ("conformal_qhat", "coverage"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.floating))
+                                  or not 0.0 <= v <= 1.0):
+                raise HeadError(f"{name} must be a number within [0, 1], got {v!r}")
         ws = tuple(np.array(w, dtype=np.float32, order="C", copy=True) for w in self.weights)
         object.__setattr__(self, "weights", ws)
         for w in ws:
@@ -53,7 +63,7 @@ class Head:
         validate_weights(ws, len(self.classes))
         if self.activation not in ACTIVATIONS:
             raise HeadError(f"unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
-        if not isinstance(self.version, int) or self.version < 0:
+        if type(self.version) is not int or self.version < 0:
             raise HeadError(f"version must be a non-negative integer, got {self.version!r}")
         if self.conformal_qhat is not None and not (0.0 <= self.conformal_qhat <= 1.0):
             raise HeadError(f"conformal_qhat must be within [0, 1], got {self.conformal_qhat}")
@@ -161,6 +171,8 @@ class Head:
             )
         except KeyError as e:
             raise HeadError(f"head header misses field {e}") from None
+        except (TypeError, ValueError) as e:  # hostile header values (classes not a list, meta not a dict, ...)
+            raise HeadError(f"head header has a malformed field: {e}") from None
         want = header.get("weights_sha256")
         if want is not None and want != head.sha256:
             raise HeadError("head weights do not match their sha256 (corrupt file)")

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .classes import CLASSES
 
 
+MAX_EMBEDDING = 4096  # floats in a sample's embedding (the default extractor gives 64)
+
+
 class _Msg(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -22,16 +25,18 @@ class SampleMessage(_Msg):
     a probability per class.
     """
 
-    device_id: str
-    fleet: str
-    sample_id: str = Field(description="unique per device; the trainer drops repeats (QoS1 redelivery)")
-    embedding: list[float]
-    extractor_id: str
-    label: Optional[str] = None
-    labels: Optional[list[str]] = None
-    soft_label: Optional[dict[str, float]] = None
-    annotator: Optional[str] = None
-    confidence: Optional[float] = None
+    device_id: str = Field(max_length=128)
+    fleet: str = Field(max_length=64)
+    sample_id: str = Field(max_length=200, description="unique per device; the trainer drops repeats (QoS1 "
+                           "redelivery)")
+    embedding: list[float] = Field(max_length=MAX_EMBEDDING)
+    extractor_id: str = Field(max_length=128)
+    label: Optional[str] = Field(None, max_length=64)
+    labels: Optional[list[str]] = Field(None, max_length=64)
+    soft_label: Optional[dict[str, float]] = Field(None, max_length=64)
+    annotator: Optional[str] = Field(None, max_length=200)
+    confidence: Optional[float] = Field(None, ge=0.0, le=1.0, description="the annotator's confidence in [0, 1]; "
+                                        "the sample's weight in learning")
     frame_id: Optional[int] = None
     head_version: Optional[int] = None
     timestamp: float = Field(default_factory=time.time)
@@ -92,7 +97,7 @@ class StatusMessage(_Msg):
 
 class CommandMessage(_Msg):
     command: Literal["request-full-head", "rollback", "snapshot", "label"]
-    label: Optional[str] = None
+    label: Optional[str] = Field(None, max_length=64)
     frame_id: Optional[int] = None
-    annotator: Optional[str] = None
-    request_id: Optional[str] = None
+    annotator: Optional[str] = Field(None, max_length=200)
+    request_id: Optional[str] = Field(None, max_length=200)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -71,6 +72,39 @@ def load_public_key(path_or_pem: str | os.PathLike | bytes):
 def sign(private_key, data: bytes) -> bytes:
     """64-byte Ed25519 signature of `data`."""
     return private_key.sign(data)
+
+
+def key_id(public_key) -> str:
+    """A public key's fingerprint: sha256 of its raw 32 bytes, hex (what `revoked_keys` lists)."""
+    serialization, _ = _crypto()
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+class TrustedKeys:
+    """The keys a device accepts updates from (rotation: several at once), minus revoked fingerprints."""
+
+    def __init__(self, keys, revoked=()):
+        keys = list(keys) if isinstance(keys, (list, tuple)) else [keys]
+        self.revoked = {str(r).lower() for r in revoked}
+        self.keys = [(key_id(k), k) for k in keys]
+        self.keys = [(kid, k) for kid, k in self.keys if kid not in self.revoked]
+        if not self.keys:
+            raise SignatureError("no trusted update key left (every configured key is revoked)")
+
+    @classmethod
+    def of(cls, keys) -> "TrustedKeys":
+        return keys if isinstance(keys, TrustedKeys) else cls(keys)
+
+    def verify(self, signature: bytes, data: bytes) -> str:
+        """The fingerprint of the trusted key that signed `data`; SignatureError if none did."""
+        for kid, k in self.keys:
+            try:
+                verify(k, signature, data)
+                return kid
+            except SignatureError:
+                continue
+        raise SignatureError(f"signature does not verify with any of the {len(self.keys)} trusted key(s)")
 
 
 def verify(public_key, signature: bytes, data: bytes) -> None:
