@@ -30,7 +30,10 @@ class BrokerUnavailable(InfantinoError):
 
 
 def find_mosquitto() -> str | None:
-    """Path of the mosquitto binary, or None."""
+    """Path of the mosquitto binary, or None. $INFANTINO_MOSQUITTO names it explicitly (tests use a missing one)."""
+    explicit = os.environ.get("INFANTINO_MOSQUITTO")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
     found = shutil.which("mosquitto")
     if found:
         return found

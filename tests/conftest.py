@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ci_skip import missing
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -60,5 +62,5 @@ def real_faces() -> dict[str, np.ndarray]:
     gh = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     grace = cv2.imread(str(gh))
     if grace is None:
-        pytest.skip(f"matplotlib sample image missing: {gh}")
+        missing(f"matplotlib sample image missing: {gh}")
     return {"astronaut": astronaut, "grace_hopper": grace}

@@ -6,16 +6,18 @@ import time
 
 import pytest
 
+from ci_skip import missing
+
 
 def _broker_or_skip(tmp_path, **kw):
     from infantino.benchmarks.broker import BrokerUnavailable, MosquittoBroker, find_mosquitto
 
     if find_mosquitto() is None:
-        pytest.skip("Mosquitto is not installed (Debian package 'mosquitto'); MQTT tests need a real broker")
+        missing("Mosquitto is not installed (Debian package 'mosquitto'); MQTT tests need a real broker")
     try:
         return MosquittoBroker(tmp_path, **kw).start()
     except BrokerUnavailable as e:
-        pytest.skip(f"Mosquitto did not start: {e}")
+        missing(f"Mosquitto did not start: {e}")
 
 
 @pytest.fixture()

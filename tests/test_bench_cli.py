@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from ci_skip import missing
+
 from infantino.benchmarks.cli import main
 
 
@@ -362,7 +364,7 @@ def test_online_broker_loop_over_real_mosquitto(tmp_path):
     from infantino.benchmarks.broker import find_mosquitto
 
     if find_mosquitto() is None:
-        pytest.skip("Mosquitto is not installed")
+        missing("Mosquitto is not installed")
     rc = _bench("online", "--sections", "broker", "--broker", "local", "--updates", 3, "--no-peak",
                 "--json", tmp_path / "o.json", "--csv", tmp_path / "o.csv")
     assert rc == 0

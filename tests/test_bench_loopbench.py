@@ -2,6 +2,8 @@
 
 import pytest
 
+from ci_skip import missing
+
 pytestmark = pytest.mark.mqtt
 
 
@@ -10,7 +12,7 @@ def test_measure_loop_reports_latency_sizes_and_apply_times(tmp_path):
     from infantino.benchmarks.loopbench import measure_loop
 
     if find_mosquitto() is None:
-        pytest.skip("Mosquitto is not installed")
+        missing("Mosquitto is not installed")
     out = measure_loop(5, hidden=(16,), workdir=tmp_path, delta_dtype="float16")
     assert out["timeouts"] == 0 and out["latency_ms"]["n"] == 5
     assert {"p50", "p95", "p99"} <= set(out["latency_ms"])

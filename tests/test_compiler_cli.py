@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ci_skip import missing
+
 from infantino.compiler.cli import main
 from infantino.runtime.bundle import load_bundle
 
@@ -290,7 +292,7 @@ def test_pretrained_mini_xception_gray_64_compiles_and_passes_parity(tmp_path, k
     try:
         model_dir = _mini_xception_dir(tmp_path / "mx")
     except (InfantinoError, OSError) as e:
-        pytest.skip(f"fer2013 mini_xception weights unavailable here: {e}")
+        missing(f"fer2013 mini_xception weights unavailable here: {e}")
     r = compile_bundle(CompileOptions(real_face_guard=False, model=str(model_dir), target="arm64", out=str(tmp_path / "b"),
                                       key=str(keypair[0]), precisions=[precision], calib_images=24,
                                       parity_images=24, mlflow=False))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ci_skip import missing
+
 from infantino.benchmarks.broker import MosquittoBroker, find_mosquitto, free_port
 from infantino.runtime.mqtt import BrokerConfig, MqttLink
 from infantino.runtime.contract.topics import Topics
@@ -70,7 +72,7 @@ USERS = {"infantino-trainer": "trainer-pw", "cam-01": "cam01-pw", "cam-02": "cam
 @pytest.fixture()
 def secure_broker(tmp_path):
     if find_mosquitto() is None or shutil.which("mosquitto_passwd") is None:
-        pytest.skip("Mosquitto (with mosquitto_passwd) is not installed")
+        missing("Mosquitto (with mosquitto_passwd) is not installed")
     etc = tmp_path / "etc"
     etc.mkdir()
     pki = make_pki(etc / "certs")
