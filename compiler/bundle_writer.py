@@ -75,6 +75,9 @@ class BundleStager:
             old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.out.parent))
             os.rmdir(old)
             os.replace(self.out, old)
+        # staged 0700 (mkdtemp: nobody reads a half-built bundle); published with the mode an ordinary mkdir
+        # gives, so a camera daemon running as its own user can read it
+        os.chmod(self.dir, 0o777 & ~_umask())
         os.replace(self.dir, self.out)
         fsync_dir(self.out.parent)
         self.published = True
@@ -149,3 +152,9 @@ def keygen(out_dir: str | os.PathLike, force: bool = False) -> tuple[Path, Path]
 
 
 __all__ = ["BundleStager", "check_out", "keygen", "manifest_bytes", "sha256_file", "write_tar"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -49,13 +49,15 @@ class LoadedHead:
 class HeadStore:
     """Persistent current/previous head with rollback; all writes atomic, single writer (flock)."""
 
-    def __init__(self, state_dir: str | os.PathLike, *, lock: bool = True):
+    def __init__(self, state_dir: str | os.PathLike, *, lock: bool = True, read_only: bool = False):
+        """read_only: look without writing anything (no folder created, no lock file, no temp files removed)."""
         self.dir = Path(state_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = None
-        if lock:
-            self._acquire_lock()
-        self._clean_temp_files()
+        if not read_only:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if lock:
+                self._acquire_lock()
+            self._clean_temp_files()
         self.current: Head | None = None
         self.previous: Head | None = None
         self._disk: dict[str, str] = {}  # file name -> sha256 of the valid head it holds (as last read/written)

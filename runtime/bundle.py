@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .cachedir import cache_dir
 from .contract.errors import BundleError, HeadError, SignatureError
 from .contract.head import Head
 from .contract.manifest import MANIFEST_FILE, SIGNATURE_FILE, ArtifactInfo, Manifest
@@ -30,7 +31,6 @@ from .contract.preprocess import PreprocessSpec
 log = logging.getLogger(__name__)
 
 PUBLIC_KEY_ENV = "INFANTINO_PUBLIC_KEY"
-CACHE_ENV = "INFANTINO_CACHE_DIR"
 CHECKS = ("files", "signature", "schema", "sha256", "head")
 
 
@@ -42,12 +42,6 @@ class BundleCheckError(BundleError):
         super().__init__(f"bundle {root or ''} refused: {check} check failed{where}: {message}".replace("  ", " "))
         self.check = check
         self.file = file
-
-
-def cache_dir(*parts: str) -> Path:
-    """The runtime's cache directory ($INFANTINO_CACHE_DIR or ~/.cache/infantino), with sub-folders."""
-    base = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "infantino")
-    return Path(base, *parts)
 
 
 @dataclass(frozen=True, eq=False)

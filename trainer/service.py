@@ -224,10 +224,13 @@ class FleetState:
         return self.published.version == self.floor and self.published.sha256 == self.floor_sha256
 
     @classmethod
-    def open(cls, state_dir: Path, fresh: Callable[[], tuple[object, Head]], dedupe_window: int) -> "FleetState":
+    def open(cls, state_dir: Path, fresh: Callable[[], tuple[object, Head]], dedupe_window: int,
+             read_only: bool = False) -> "FleetState":
+        """The fleet's saved state, or a fresh one from the configured head (written at once unless read_only)."""
         from .online_head import OnlineHead
 
-        state_dir.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            state_dir.mkdir(parents=True, exist_ok=True)
         meta_path = state_dir / STATE_FILE
         record = VersionRecord(state_dir / INTENT_FILE)
         intent = record.record
@@ -242,14 +245,16 @@ class FleetState:
             st = cls(state_dir, online, published, meta.get("seen", []), int(meta["gen"]),
                      int(meta.get("learned", 0)), dedupe_window, intent.get("version"), intent.get("sha256"))
             st.record = record
-            st._remove_stale_files()
+            if not read_only:
+                st._remove_stale_files()
             log.info("fleet state %s: checkpoint at published head v%d, last published version v%d "
                      "(%d samples learned)", state_dir, published.version, st.floor, st.learned)
             return st
         online, published = fresh()
         st = cls(state_dir, online, published, [], 0, 0, dedupe_window, intent.get("version"), intent.get("sha256"))
         st.record = record
-        st.commit()
+        if not read_only:
+            st.commit()
         return st
 
     def seen_before(self, sample_id: str) -> bool:
@@ -314,7 +319,8 @@ class PublishedUpdate:
 class FleetWorker:
     """Learning and publishing for one fleet."""
 
-    def __init__(self, cfg: FleetConfig, svc: "TrainerServiceConfig", signing_key, public_key, topics: Topics):
+    def __init__(self, cfg: FleetConfig, svc: "TrainerServiceConfig", signing_key, public_key, topics: Topics,
+                 read_only: bool = False):
         from infantino.runtime.bundle import load_bundle
 
         from .online_head import OnlineHead
@@ -354,7 +360,7 @@ class FleetWorker:
                                   f"head {bundle_head.shapes} (shapes or classes)")
             return online, bundle_head
 
-        self.state = FleetState.open(Path(svc.state_dir) / cfg.name, fresh, svc.dedupe_window)
+        self.state = FleetState.open(Path(svc.state_dir) / cfg.name, fresh, svc.dedupe_window, read_only)
         if self.state.published.extractor_id != self.extractor_id:
             raise ConfigError(f"fleet {cfg.name}: the saved state belongs to another extractor; "
                               f"move {self.state.dir} away to start over with this bundle")
@@ -569,7 +575,8 @@ class VersionTracker:
 class UpdateService:
     """Samples in, signed head updates out. `start()` returns at once; `run()` blocks until `request_stop()`."""
 
-    def __init__(self, config: TrainerServiceConfig):
+    def __init__(self, config: TrainerServiceConfig, read_only: bool = False):
+        """read_only: load and check everything (keys, bundles, head states, saved fleet state) writing nothing."""
         from infantino.runtime.contract.signing import load_private_key, load_public_key
 
         self.config = config
@@ -577,7 +584,7 @@ class UpdateService:
         self.signing_key = load_private_key(config.signing_key)
         self.public_key = (load_public_key(config.public_key) if config.public_key
                            else self.signing_key.public_key())
-        self.fleets = {f.name: FleetWorker(f, config, self.signing_key, self.public_key, self.topics)
+        self.fleets = {f.name: FleetWorker(f, config, self.signing_key, self.public_key, self.topics, read_only)
                        for f in config.fleets}
         self.by_head_topic = {w.head_topic: w for w in self.fleets.values()}
         self.inbox: queue.Queue = queue.Queue()

@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
+from infantino.runtime.cachedir import CACHE_ENV
+from infantino.runtime.cachedir import cache_dir as runtime_cache_dir
 from infantino.runtime.contract.errors import InfantinoError
 from infantino.runtime.contract.layout import EXTRACTOR_FILE, HEAD_FILE, HEAD_STATE_FILE
 
@@ -420,8 +422,8 @@ def is_mlflow_uri(s: str) -> bool:
 
 def cache_dir() -> Path:
     """Registry downloads: $INFANTINO_CACHE_DIR, else beside a local SQLite store, else ./.infantino-cache."""
-    if os.environ.get("INFANTINO_CACHE_DIR"):
-        return Path(os.environ["INFANTINO_CACHE_DIR"])
+    if os.environ.get(CACHE_ENV):
+        return runtime_cache_dir("models")
     uri = _uri()
     if uri.startswith("sqlite:///"):
         return Path(uri[len("sqlite:///"):]).parent / ".infantino-cache" / "models"

@@ -12,11 +12,14 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from infantino.runtime.contract.signing import key_id, load_public_key
+
     from ..bundle_writer import keygen
 
     priv, pub = keygen(args.out, force=args.force)
     print(f"private key: {priv} (keep it secret; pass it as --key)")
     print(f"public key:  {pub} (install it on devices)")
+    print(f"fingerprint: {key_id(load_public_key(pub))} (what a device's ota.revoked_keys lists to retire it)")
     return 0
 
 

@@ -67,7 +67,7 @@ class OnnxRuntimeBackend(Backend):
         out = []
         for p in names:
             if p == "TensorrtExecutionProvider":
-                from ..bundle import cache_dir
+                from ..cachedir import cache_dir
 
                 path = cfg.trt_cache_dir or str(cache_dir("ort-trt"))
                 out.append((p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": path,

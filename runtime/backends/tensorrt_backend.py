@@ -193,7 +193,7 @@ class TensorRTBackend(Backend):
             if onnx_path is None:
                 raise BackendUnavailable("tensorrt: the bundle's plan does not fit this host and it carries no "
                                          "ONNX to rebuild from")
-            from ..bundle import cache_dir
+            from ..cachedir import cache_dir
 
             cache = PlanCache(self.config.cache_dir or cache_dir("tensorrt"), tensorrt_build.plan_cache_name)
             key = PlanKey(onnx_sha, settings, trt.__version__, gpu)

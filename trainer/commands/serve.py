@@ -11,15 +11,19 @@ HELP = "serve online head updates to a fleet over MQTT"
 
 def add_arguments(p) -> None:
     p.add_argument("--config", required=True, help="trainer.yaml (see examples/trainer.yaml)")
-    p.add_argument("--check", action="store_true", help="validate the config, bundles and state, then exit")
+    p.add_argument("--check", action="store_true", help="load and check the config, signing key, bundles, head "
+                   "states and saved fleet state, then exit, writing nothing")
 
 
 def run(args) -> int:
     from infantino.trainer.service import UpdateService, load_service_config
 
     cfg = load_service_config(args.config)
-    svc = UpdateService(cfg)
+    svc = UpdateService(cfg, read_only=args.check)
     if args.check:
+        from infantino.runtime.contract.signing import key_id
+
+        print(f"signing key {cfg.signing_key} (fingerprint {key_id(svc.signing_key.public_key())[:16]}…)")
         for name, w in svc.fleets.items():
             print(f"fleet {name}: extractor {w.extractor_id[:12]}…, published head v{w.state.published.version}, "
                   f"{w.state.learned} samples learned, state in {w.state.dir}")
