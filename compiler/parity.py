@@ -4,7 +4,8 @@ Metrics per artifact: max abs difference and cosine (mean, min) of the embedding
 initial head's predictions on them. Thresholds depend on the precision (fp32 strict, fp16/int8 looser; see
 THRESHOLDS and docs/compiler.md); the absolute max-diff threshold is relative to the reference embeddings'
 scale, so untrained nets with tiny activations are judged fairly. Artifacts run through the runtime's own
-backends (infantino.runtime.backends), the code devices use.
+backends (infantino.runtime.backends), the code devices use; the judging itself lives in
+runtime.contract.parity, which the device's self-test applies too (re-exported here).
 """
 
 from __future__ import annotations
@@ -17,18 +18,11 @@ from typing import Optional
 import numpy as np
 
 from infantino.runtime.contract.errors import InfantinoError
-from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.manifest import ArtifactInfo, ParityEntry
+from infantino.runtime.contract.parity import (THRESHOLDS, compare, cosine_rows, failure_reasons,  # noqa: F401
+                                               thresholds_for)
 
 log = logging.getLogger(__name__)
-
-# Per precision: min cosine (worst image), top-1 agreement through the head, max |diff| / max |reference|.
-THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp32": {"min_cosine": 0.99999, "top1_agreement": 1.0, "max_rel_diff": 1e-4},
-    "fp16": {"min_cosine": 0.999, "top1_agreement": 0.95, "max_rel_diff": 2e-2},
-    "int8": {"min_cosine": 0.85, "mean_cosine": 0.98, "top1_agreement": 0.85, "max_rel_diff": 0.5},
-}
-
 
 class ParityFailure(InfantinoError):
     """At least one artifact failed the parity gate; `entries` holds the full report."""
@@ -38,12 +32,6 @@ class ParityFailure(InfantinoError):
         super().__init__("parity gate failed for " + "; ".join(bad) +
                          " — see the report; --allow-parity-failure writes the bundle anyway")
         self.entries = entries
-
-
-def thresholds_for(precision: str, overrides: Optional[dict[str, dict[str, float]]] = None) -> dict[str, float]:
-    t = dict(THRESHOLDS[precision])
-    t.update((overrides or {}).get(precision, {}))
-    return t
 
 
 def parse_threshold_override(text: str) -> tuple[str, str, float]:
@@ -60,48 +48,6 @@ def parse_threshold_override(text: str) -> tuple[str, str, float]:
     check_choice("precision", precision, list(THRESHOLDS))
     check_choice("parity threshold", name, sorted({k for t in THRESHOLDS.values() for k in t}))
     return precision, name, number
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
-
-
-def compare(ref: np.ndarray, got: np.ndarray, head: Head, precision: str, file: str,
-            overrides: Optional[dict] = None, note: Optional[str] = None,
-            judge_precision: Optional[str] = None) -> ParityEntry:
-    """A ParityEntry for one artifact's embeddings `got` against PyTorch's `ref` (both (N, D))."""
-    if got.shape != ref.shape:
-        raise InfantinoError(f"{file}: output shape {got.shape} differs from PyTorch's {ref.shape}")
-    t = thresholds_for(judge_precision or precision, overrides)
-    diff = float(np.abs(got.astype(np.float64) - ref.astype(np.float64)).max())
-    scale = float(np.abs(ref).max()) or 1.0
-    cos = cosine_rows(ref, got)
-    finite = bool(np.all(np.isfinite(got)))
-    top1 = float((head.forward(ref).argmax(1) == head.forward(got).argmax(1)).mean()) if finite else 0.0
-    absolute = {"min_cosine": t["min_cosine"], "top1_agreement": t["top1_agreement"],
-                "max_abs_diff": t["max_rel_diff"] * scale}
-    if "mean_cosine" in t:
-        absolute["mean_cosine"] = t["mean_cosine"]
-    passed = (finite and float(cos.min()) >= t["min_cosine"] and top1 >= t["top1_agreement"]
-              and diff <= absolute["max_abs_diff"] and float(cos.mean()) >= t.get("mean_cosine", -1.0))
-    return ParityEntry(file=file, precision=precision, n_images=int(ref.shape[0]), max_abs_diff=diff,
-                       mean_cosine=float(cos.mean()), min_cosine=float(cos.min()), top1_agreement=top1,
-                       thresholds=absolute, passed=bool(passed), skipped_reason=note)
-
-
-def failure_reasons(e: ParityEntry) -> str:
-    t = e.thresholds
-    out = []
-    if e.min_cosine < t.get("min_cosine", -1):
-        out.append(f"min cosine {e.min_cosine:.5f} < {t['min_cosine']}")
-    if e.mean_cosine < t.get("mean_cosine", -1):
-        out.append(f"mean cosine {e.mean_cosine:.5f} < {t['mean_cosine']}")
-    if e.top1_agreement < t.get("top1_agreement", -1):
-        out.append(f"top-1 agreement {e.top1_agreement:.3f} < {t['top1_agreement']}")
-    if e.max_abs_diff > t.get("max_abs_diff", float("inf")):
-        out.append(f"max abs diff {e.max_abs_diff:.3g} > {t['max_abs_diff']:.3g}")
-    return ", ".join(out) or ("not finite" if not e.passed else "passed")
 
 
 @dataclass

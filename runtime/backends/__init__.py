@@ -7,6 +7,7 @@ inference library (each backend imports its library when first used).
 from .base import Backend, BackendConfig
 from .registry import (UnknownBackend, available_backends, choose_backend, create_backend, get_backend_class,
                        list_backends, register_backend, unavailable_reason)
+from .selftest import SelfTestFailed
 
-__all__ = ["Backend", "BackendConfig", "UnknownBackend", "available_backends", "choose_backend", "create_backend",
-           "get_backend_class", "list_backends", "register_backend", "unavailable_reason"]
+__all__ = ["Backend", "BackendConfig", "SelfTestFailed", "UnknownBackend", "available_backends", "choose_backend",
+           "create_backend", "get_backend_class", "list_backends", "register_backend", "unavailable_reason"]

@@ -103,6 +103,7 @@ class Backend(ABC):
         self.sample_shape = (c, h, w) if self.artifact.layout == "NCHW" else (h, w, c)
         self._lock = threading.Lock()
         self._closed = False
+        self.self_test = None  # the ParityEntry of its self-test on reference.npz (create_backend runs it)
         self._load()
         log.info("%s backend ready: %s (%s, %s)", self.name, self.artifact.file, self.artifact.precision,
                  self.describe())

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Optional
 from ..choices import UnknownChoice, unknown_message
 from ..contract.errors import BackendUnavailable, InfantinoError
 from .base import Backend, BackendConfig
+from .selftest import SelfTestFailed
+from .selftest import self_test as run_self_test
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..bundle import Bundle
@@ -93,19 +95,24 @@ def host_preference() -> list[str]:
     return ["onnxruntime", "tflite", "tensorrt"]
 
 
-def choose_backend(bundle: "Bundle", precision: Optional[str] = None) -> str:
-    """The name `auto` resolves to for this bundle and host; BackendUnavailable lists every reason otherwise."""
+def preference_order(bundle: "Bundle") -> list[str]:
+    """Registered backends in the order `auto` tries them: the bundle's default first (a GPU host tries TensorRT
+    first), then this host's preference, then the rest."""
     _load_builtins()
     order = host_preference()
     default = bundle.manifest.default_backend
-    if default in _REGISTRY:  # the bundle's intent comes first, except that a GPU host tries TensorRT first
+    if default in _REGISTRY:
         order = [n for n in order if n != default]
         order.insert(1 if has_nvidia_gpu() and order[0] == "tensorrt" else 0, default)
     order += [n for n in sorted(_REGISTRY) if n not in order]
+    return [n for n in order if n in _REGISTRY]
+
+
+def choose_backend(bundle: "Bundle", precision: Optional[str] = None) -> str:
+    """The first backend `auto` would try (installed here, with an artifact in the bundle); BackendUnavailable
+    lists every reason otherwise. create_backend("auto") also falls back past a failed self-test."""
     reasons = []
-    for name in order:
-        if name not in _REGISTRY:
-            continue
+    for name in preference_order(bundle):
         reason = _REGISTRY[name].check_usable(bundle, precision)
         if reason is None:
             return name
@@ -131,21 +138,49 @@ def make_config(name: str, config: Any = None, **overrides) -> BackendConfig:
         raise InfantinoError(f"invalid {name} backend config: {e}") from None
 
 
-def create_backend(name: str, bundle: "Bundle", config: Any = None, **overrides) -> Backend:
-    """Build backend `name` ("auto" = best for bundle and host) for `bundle`; overrides e.g. threads=2."""
-    if name == "auto":
-        precision = overrides.get("precision") or (config.get("precision") if isinstance(config, dict) else
-                                                    getattr(config, "precision", None))
-        name = choose_backend(bundle, precision)
-        log.info("backend auto -> %s", name)
-        if config is not None and not isinstance(config, dict):
-            config = config.model_dump(exclude_unset=True)  # a config typed for another backend: keep shared fields
-            config = {k: v for k, v in config.items() if k in BackendConfig.model_fields}
-    cls = get_backend_class(name)
-    reason = cls.check_usable(bundle, overrides.get("precision") or _precision_of(config))
-    if reason:
-        raise BackendUnavailable(reason)
-    return cls(bundle, make_config(name, config, **overrides))
+def create_backend(name: str, bundle: "Bundle", config: Any = None, *, self_test: bool = True,
+                   **overrides) -> Backend:
+    """Build backend `name` ("auto" = best for bundle and host) for `bundle`; overrides e.g. threads=2.
+
+    With `self_test` (the default) the backend must reproduce the bundle's reference embeddings within the
+    manifest's tolerance (backends.selftest); `auto` then falls back to the next usable backend, a named
+    backend raises SelfTestFailed.
+    """
+    precision = overrides.get("precision") or _precision_of(config)
+    if name != "auto":
+        cls = get_backend_class(name)
+        reason = cls.check_usable(bundle, precision)
+        if reason:
+            raise BackendUnavailable(reason)
+        return _built(cls(bundle, make_config(name, config, **overrides)), bundle, self_test)
+    if config is not None and not isinstance(config, dict):
+        config = config.model_dump(exclude_unset=True)  # a config typed for another backend: keep shared fields
+        config = {k: v for k, v in config.items() if k in BackendConfig.model_fields}
+    reasons = []
+    for candidate in preference_order(bundle):
+        cls = _REGISTRY[candidate]
+        reason = cls.check_usable(bundle, precision)
+        if reason is None:
+            try:
+                backend = _built(cls(bundle, make_config(candidate, config, **overrides)), bundle, self_test)
+                log.info("backend auto -> %s", candidate)
+                return backend
+            except SelfTestFailed as e:
+                log.warning("backend auto: %s; trying the next backend", e)
+                reason = str(e)
+        reasons.append(reason)
+    raise BackendUnavailable("no backend can run this bundle here:\n  " + "\n  ".join(reasons))
+
+
+def _built(backend: Backend, bundle: "Bundle", self_test: bool) -> Backend:
+    """The backend after its self-test (closed and SelfTestFailed if it fails)."""
+    if self_test:
+        try:
+            backend.self_test = run_self_test(backend, bundle)
+        except BaseException:
+            backend.close()
+            raise
+    return backend
 
 
 def _precision_of(config: Any) -> Optional[str]:
