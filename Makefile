@@ -9,13 +9,14 @@ PYTEST_ARGS ?= -m "not slow and not gpu"
 export MLFLOW_DISABLE_TELEMETRY := true
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test test-all bench mosquitto clean help
+.PHONY: setup demo test test-all bench fuzz mosquitto clean help
 
 help:
 	@echo "make demo   - set up .venv (+ Mosquitto) and run the whole loop on embedded defaults"
 	@echo "make test   - set up, then run the test suite (slow and GPU tests excluded)"
 	@echo "make test-all - every test including slow ones"
 	@echo "make bench  - benchmark the demo's bundle and the online loop (after make demo)"
+	@echo "make fuzz   - 10,000 fuzzed inputs per parser (updates, samples, commands, manifests, configs, images)"
 
 setup: $(STAMP) mosquitto
 
@@ -45,6 +46,11 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -m "not gpu"
+
+# Every parser of outside input, 10,000 inputs each (make test runs 150 each); figures: docs/results/fuzz.json.
+fuzz: setup
+	INFANTINO_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-10000} INFANTINO_FUZZ_REPORT=docs/results/fuzz.json \
+	  $(PY) -m pytest -q -p no:cacheprovider -W ignore::hypothesis.errors.HypothesisWarning tests/test_fuzz.py
 
 # Benchmarks on the bundle `make demo` built (see docs/benchmarks.md for every option).
 bench: setup
