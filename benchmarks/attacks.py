@@ -136,7 +136,8 @@ def measure_attacks(workdir: str | Path | None = None, timeout_s: float = 120.0,
             res = daemon.ota.history[-1] if daemon.ota.history else None
             rows.append(AttackRow(name, len(blob), res.reason if res and seconds is not None else None,
                                   seconds, round(max(0, max(samples, default=base_rss) - base_rss) / 1e6, 1),
-                                  all(t.is_alive() for t in daemon._threads)))
+                                  all(t.is_alive() for t in daemon._threads
+                                      if t.name in ("infantino-process", "infantino-control"))))
         good = hu.encode_full(_head(2), sk, fleet=FLEET)
         attacker.publish(topic, good, qos=1)
         deadline = time.monotonic() + 10

@@ -186,3 +186,21 @@ def test_the_service_survives_a_crafted_retained_head(tmp_path, device_heads, ke
         with pytest.raises(UpdateRejected):
             hu.apply_update(None, blob, pk, DEVICE_EXT, fleet="nursery")
     assert np.isfinite(device_heads[2].weights[0]).all()
+
+
+@pytest.mark.mqtt
+def test_attacks_against_a_running_daemon_over_mosquitto(tmp_path):
+    """infantino-bench attacks' scenario: every hostile message refused with its reason, the daemon's threads
+    alive, and a valid update applied afterwards (docs/reliability.md quotes the figures)."""
+    from ci_skip import missing
+    from infantino.benchmarks.attacks import measure_attacks
+    from infantino.benchmarks.broker import find_mosquitto
+
+    if find_mosquitto() is None:
+        missing("Mosquitto is not installed")
+    out = measure_attacks(tmp_path)
+    reasons = [r["reason"] for r in out["rows"]]
+    assert reasons == ["bad_signature", "corrupt", "corrupt", "bad_signature", "corrupt", "bad_signature",
+                       "too_large", "wrong_fleet"]
+    assert all(r["daemon_alive"] for r in out["rows"]) and out["valid_update_applied_after"]
+    assert out["rows"][0]["rss_growth_mb"] < 100  # the 1 GiB bomb is never inflated (it cost 2-3 GB before)
