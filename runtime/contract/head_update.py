@@ -17,6 +17,7 @@ import numpy as np
 from . import binfmt
 from .errors import HeadError, SignatureError, UpdateRejected
 from .head import Head
+from .signing import sign, verify
 
 UPDATE_MAGIC = b"INFU"
 UPDATE_FORMAT_VERSION = 1
@@ -51,8 +52,6 @@ class HeadUpdate:
 
     def verify(self, public_key) -> None:
         """SignatureError unless the signature over header+payload checks with `public_key`."""
-        from .signing import verify
-
         verify(public_key, self.signature, self.signed_bytes)
 
 
@@ -77,8 +76,6 @@ def _header_common(head: Head, kind: str, dtype: str, compression: str, payload_
 
 
 def _seal(header: dict, payload: bytes, private_key) -> bytes:
-    from .signing import sign
-
     body = binfmt.pack(UPDATE_MAGIC, header, payload)
     return body + sign(private_key, body)
 
