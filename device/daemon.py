@@ -10,6 +10,7 @@ stalled-camera reopen) until `request_stop()` (SIGTERM/SIGINT in the CLI).
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import queue
@@ -23,7 +24,9 @@ import numpy as np
 
 from infantino.runtime.configfile import short_error
 from infantino.runtime.contract.head import Head
+from infantino.runtime.contract.manifest import MANIFEST_FILE
 from infantino.runtime.contract.messages import CommandMessage, PredictionMessage, SampleMessage, StatusMessage
+from infantino.runtime.contract.signing import load_public_key
 from infantino.runtime.mqtt import Message
 
 from .config import DeviceConfig
@@ -45,10 +48,6 @@ class BundleFacts:
 
     @classmethod
     def from_bundle(cls, bundle) -> "BundleFacts":
-        import hashlib
-
-        from infantino.runtime.contract.manifest import MANIFEST_FILE
-
         m = bundle.manifest
         digest = hashlib.sha256((bundle.root / MANIFEST_FILE).read_bytes()).hexdigest()[:12]
         return cls(extractor_id=bundle.extractor_id, head=bundle.head, embedding_dim=bundle.embedding_dim,
@@ -185,8 +184,6 @@ class DeviceDaemon:
 
     def __init__(self, config: DeviceConfig, pipeline, facts: BundleFacts, source_factory: Callable[[], Iterable],
                  *, update_public_key=None, backend_name: str | None = None):
-        from infantino.runtime.contract.signing import load_public_key
-
         self.config = config
         self.pipeline = pipeline
         self.facts = facts
