@@ -14,6 +14,7 @@ from typing import Any, Optional
 from infantino.runtime.contract.errors import HeadError, InfantinoError
 from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.layout import EXTRACTOR_FILE, HEAD_FILE
+from infantino.trainer import tracking
 from infantino.trainer.tracking import is_mlflow_uri, parse_models_uri
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,6 @@ class LoadedModel:
 def resolve_checkpoint(model: str) -> Path:
     """extractor.pt for a file, a folder holding one (e.g. `infantino-train fit --out`), or an MLflow URI."""
     if is_mlflow_uri(model):
-        from infantino.trainer import tracking
-
         return Path(tracking.resolve_extractor(model))
     p = Path(model).expanduser()
     if p.is_file():
@@ -56,7 +55,7 @@ def resolve_checkpoint(model: str) -> Path:
 
 def load_model(model: str) -> LoadedModel:
     """Resolve and load the extractor; name/version come from the registry for models:/ URIs."""
-    from infantino.trainer.extractor import extractor_id, load_extractor
+    from infantino.trainer.extractor import extractor_id, load_extractor  # heavy: trainer.extractor imports torch
 
     ckpt = resolve_checkpoint(model)
     net, config = load_extractor(ckpt)
@@ -67,8 +66,6 @@ def load_model(model: str) -> LoadedModel:
         version = num or alias
         if alias:
             try:
-                from infantino.trainer import tracking
-
                 version = tracking.model_version_info(name, alias)["version"]
             except Exception as e:  # provenance only: keep the alias if the registry lookup fails
                 log.warning("cannot look up %s@%s's version: %s", name, alias, e)
@@ -99,8 +96,6 @@ def resolve_head_file(head: Optional[str], checkpoint: Path, model: str = "") ->
         raise InfantinoError(f"no initial head: {p} does not exist; pass --head (a {HEAD_FILE}, a trainer output "
                              "folder, or models:/infantino-head@champion)")
     if is_mlflow_uri(head):
-        from infantino.trainer import tracking
-
         d = Path(tracking.resolve_head(head))
         return d / HEAD_FILE
     p = Path(head).expanduser()

@@ -16,9 +16,12 @@ from typing import Optional
 
 import numpy as np
 
+from infantino.runtime.backends import get_backend_class
 from infantino.runtime.contract.errors import InfantinoError
 from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.manifest import ArtifactInfo, ParityEntry
+
+from .choices import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,6 @@ def thresholds_for(precision: str, overrides: Optional[dict[str, dict[str, float
 
 def parse_threshold_override(text: str) -> tuple[str, str, float]:
     """'int8.min_cosine=0.95' -> ('int8', 'min_cosine', 0.95), validated against THRESHOLDS."""
-    from .choices import check_choice
-
     try:
         key, value = text.split("=", 1)
         precision, name = key.strip().split(".", 1)
@@ -118,8 +119,6 @@ class ArtifactRun:
 def run_artifact(bundle, info: ArtifactInfo, backend_name: str, inputs_nchw: np.ndarray,
                  threads: Optional[int] = None, timing_images: int = 8) -> ArtifactRun:
     """Embed the held-out inputs with the runtime backend `backend_name`; time batch-1 calls on a few images."""
-    from infantino.runtime.backends import get_backend_class
-
     cls = get_backend_class(backend_name)
     reason = cls.unavailable_reason()
     if reason:
