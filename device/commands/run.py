@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import signal
 
+from infantino.device.config import load_device_config
+from infantino.device.daemon import BundleFacts, DeviceDaemon
+from infantino.runtime.bundle import load_bundle
+from infantino.runtime.pipeline import Pipeline
+from infantino.runtime.sources import open_source, source_kind
+
 HELP = "run the camera daemon"
 
 
@@ -14,10 +20,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from infantino.device.config import load_device_config
-    from infantino.device.daemon import BundleFacts, DeviceDaemon
-    from infantino.runtime.bundle import load_bundle
-
     cfg = load_device_config(args.config)
     bundle = load_bundle(cfg.bundle, public_key=cfg.public_key)
     facts = BundleFacts.from_bundle(bundle)
@@ -25,9 +27,6 @@ def run(args) -> int:
         print(f"config OK: device {cfg.device_id} in fleet {cfg.fleet}, bundle {facts.bundle_id}, "
               f"broker {cfg.broker.describe()}, state in {cfg.state_dir}")
         return 0
-    from infantino.runtime.pipeline import Pipeline
-    from infantino.runtime.sources import open_source
-
     pipe = Pipeline(bundle, backend=cfg.backend, face=cfg.face, threads=cfg.threads)
     options = {"fps": cfg.camera.fps} if cfg.camera.fps and _is_live(cfg.camera.source) else {}
     daemon = DeviceDaemon(cfg, pipe, facts, source_factory=lambda: open_source(cfg.camera.source, **options))
@@ -42,6 +41,4 @@ def run(args) -> int:
 
 
 def _is_live(spec) -> bool:
-    from infantino.runtime.sources import source_kind
-
     return source_kind(spec) not in ("file", "folder", "image")
