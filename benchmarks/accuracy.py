@@ -33,7 +33,7 @@ class LabelledImages:
 
 def load_labelled_folder(root: str | Path, classes: Sequence[str], limit: int | None = None) -> LabelledImages:
     """Read DIR/<class>/<image>; ValueError names unknown class folders, unreadable images or an empty set."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     root = Path(root)
     if not root.is_dir():

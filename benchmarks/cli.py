@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib.util import find_spec
 
 # Before torch/onnxruntime load: idle OpenMP threads sleep instead of spinning, so backends sharing this
 # process (and other processes sharing the machine) do not steal each other's cores (MACHINE-FACTS).
@@ -26,8 +27,6 @@ def main(argv=None) -> int:
 
 
 def _exists(name: str) -> bool:
-    from importlib.util import find_spec
-
     return find_spec(f"infantino.benchmarks.commands.{name}") is not None
 
 

@@ -134,8 +134,6 @@ def write_outputs(report: dict, args, csv_columns: Optional[Sequence[str]] = Non
     if args.json is not None:
         files.append(rpt.write_json(args.json, report))
     if args.mlflow is not None:
-        from .mlflow_log import log_report
-
         run_id = log_report(report, uri=args.mlflow or None, experiment=args.experiment, files=files)
         report["mlflow_run_id"] = run_id
         if args.json is not None:  # keep the run id with the results

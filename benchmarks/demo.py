@@ -15,10 +15,25 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from infantino.benchmarks.broker import MosquittoBroker
+from infantino.benchmarks.realfaces import measure, summary_line
+from infantino.device.head_store import HeadStore
+from infantino.device.remote import read_status, send_command
+from infantino.runtime.bundle import load_bundle
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
+from infantino.runtime.contract.topics import Topics
+from infantino.runtime.face import FaceOptions
+from infantino.runtime.mqtt import BrokerConfig, MqttLink
+from infantino.runtime.pipeline import Pipeline
+from infantino.trainer.realface_guard import pretrained_baseline
+from infantino.trainer.synth import synth_arrays
 
 log = logging.getLogger("infantino.demo")
 BIN = Path(sys.executable).parent
@@ -37,7 +52,7 @@ def sh(*args: str, title: str) -> None:
 
 def write_camera_video(path: Path, images: list[np.ndarray], hold: int, fps: float = 15.0) -> None:
     """A synthetic infant camera: each face held for `hold` frames, MJPG .avi (OpenCV reads it everywhere)."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     h, w = images[0].shape[:2]
     vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
@@ -95,12 +110,6 @@ def main(argv=None) -> int:
        *override, title="compile: ONNX + TFLite, parity gate, signed bundle")
     sh("infantino-compile", "verify", "bundle", "--public-key", "keys/signing.pub", title="verify the bundle")
 
-    from infantino.benchmarks.broker import MosquittoBroker
-    from infantino.runtime.bundle import load_bundle
-    from infantino.runtime.face import FaceOptions
-    from infantino.runtime.pipeline import Pipeline
-    from infantino.trainer.synth import synth_arrays
-
     # 4. the camera: a video of infant faces; held-out infant and adult faces for before/after.
     cam_imgs, cam_labels = synth_arrays(args.labels * 2, domain="infant", seed=7, size=96)
     hold = 6
@@ -140,8 +149,6 @@ def main(argv=None) -> int:
         procs.append(_start(out, ["infantino-train", "serve", "--config", "trainer.yaml"], "trainer service"))
         _wait_retained_head(broker.port, "nursery", timeout=120)
         procs.append(_start(out, ["infantino-device", "run", "--config", "device.yaml"], "device daemon"))
-        from infantino.device.remote import read_status, send_command
-
         status = _wait_status(out / "device.yaml", lambda s: s.get("state") == "online" and s.get("frames", 0) > 0,
                               timeout=120, what="device online and processing frames")
         print(f"   device online: head v{status.get('head_version')}, backend {status.get('backend')}, "
@@ -178,8 +185,6 @@ def main(argv=None) -> int:
         broker.stop()
 
     # 7. before / after, on held-out faces through the same compiled extractor.
-    from infantino.device.head_store import HeadStore
-
     head1 = HeadStore(out / "device-state").load_current()
     after = {"infant": accuracy(pipe, head1, eval_inf, y_inf), "adult": accuracy(pipe, head1, eval_adu, y_adu)}
     print(f"\n\033[1m== real faces through the bundle, after the online updates\033[0m")
@@ -208,11 +213,6 @@ def _start(out: Path, cmd: list[str], title: str) -> subprocess.Popen:
 
 def _wait_retained_head(port: int, fleet: str, timeout: float) -> None:
     """Wait until the service has published the fleet's retained full head (it is then subscribed to samples)."""
-    import threading
-
-    from infantino.runtime.mqtt import BrokerConfig, MqttLink
-    from infantino.runtime.contract.topics import Topics
-
     got = threading.Event()
     link = MqttLink(BrokerConfig(host="127.0.0.1", port=port, client_id="demo-watch"), client_id="demo-watch",
                     clean_start=True).start()
@@ -229,15 +229,11 @@ def _wait_retained_head(port: int, fleet: str, timeout: float) -> None:
 
 def _label_of_frame(frame_id: int, labels: np.ndarray, hold: int) -> str:
     """The class shown in camera frame `frame_id` (1-based grab counter; the video loops)."""
-    from infantino.runtime.contract.classes import CLASSES
-
     n = len(labels) * hold
     return CLASSES[int(labels[((frame_id - 1) % n) // hold])]
 
 
 def _wait_status(config: Path, ok, timeout: float, what: str) -> dict:
-    from infantino.device.remote import read_status
-
     deadline = time.monotonic() + timeout
     st: dict = {}
     while time.monotonic() < deadline:
@@ -253,8 +249,6 @@ def _wait_status(config: Path, ok, timeout: float, what: str) -> dict:
 
 def _real_faces(bundle, head):
     """Held-out real faces through the bundle and `head` (crops, and frames via BlazeFace): the guard's metric."""
-    from infantino.benchmarks.realfaces import measure, summary_line
-
     row = measure(bundle, [("auto", None)], head=head, detector="blazeface", n_per_face=2)[0]
     print(f"   head v{head.version}: {summary_line(row)}")
     if row.status != "ok":
@@ -263,18 +257,16 @@ def _real_faces(bundle, head):
 
 
 def _baseline() -> float:
-    from infantino.trainer.realface_guard import pretrained_baseline
-
     return pretrained_baseline()
 
 
 def _pretrained_infant_accuracy(images, labels) -> float:
     """The pretrained FER-2013 model's own accuracy on the held-out synthetic infant faces (the goal's reference)."""
+    # heavy (train extra): timm ~3 s, torch ~1.3 s to import; mini_xception registers its model with timm
     import timm
     import torch
 
     import infantino.trainer.mini_xception  # noqa: F401  (registers the model)
-    from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
 
     model = timm.create_model("mini_xception", pretrained=True).eval()
     with torch.no_grad():

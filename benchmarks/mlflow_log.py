@@ -25,7 +25,7 @@ def _experiment(mlflow, uri: Optional[str], name: str) -> str:
     """Tracking URI and experiment id; a new experiment keeps its artifacts beside the SQLite file (mlartifacts/),
     never in ./mlruns of whatever directory the benchmark was started from."""
     try:
-        from infantino.trainer.tracking import configure_tracking, ensure_experiment
+        from infantino.trainer.tracking import configure_tracking, ensure_experiment  # optional (see except)
     except ImportError:  # benchmarks without the trainer part: the same convention, done here
         uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
         mlflow.set_tracking_uri(uri)
@@ -44,7 +44,7 @@ def log_report(report: dict, uri: Optional[str], experiment: str, files: Sequenc
     """Log `report` as one MLflow run (sqlite store by default); returns the run id."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
-        import mlflow
+        import mlflow  # heavy: mlflow, ~1.3 s to import
     except ImportError as e:
         raise BackendUnavailable("--mlflow needs mlflow: pip install 'infantino[train]'") from e
     exp_id = _experiment(mlflow, uri, experiment)

@@ -18,6 +18,14 @@ from typing import Optional
 
 import numpy as np
 
+from infantino.runtime.contract.preprocess import preprocess
+from infantino.runtime.face import FaceOptions, face_crop
+from infantino.runtime.pipeline import Pipeline
+from infantino.trainer.realface_guard import HELDOUT_LFW, real_face_agreement, real_face_split
+from infantino.trainer.realfaces import CONFIDENT, FER_SPEC, FerTflite
+
+from .scenes import composite_scenes, lfw_face_sources, photo_face_sources
+
 log = logging.getLogger(__name__)
 
 
@@ -49,10 +57,6 @@ class RealFaceRow:
 
 def heldout_scene_sources():
     """The held-out real faces as scene sources, each with the teacher's label of its held-out crop."""
-    from infantino.trainer.realface_guard import HELDOUT_LFW, real_face_split
-
-    from .scenes import lfw_face_sources, photo_face_sources
-
     split = real_face_split()
     label = {n: int(p.argmax()) for n, p in zip(split.heldout.names, split.teacher_heldout)}
     conf = {n: float(p.max()) for n, p in zip(split.heldout.names, split.teacher_heldout)}
@@ -71,12 +75,6 @@ def measure(bundle, specs: list[tuple[str, Optional[str]]], head=None, detector:
             n_per_face: int = 6, seed: int = 0, threads: Optional[int] = None, scenes: bool = True,
             progress: bool = False) -> list[RealFaceRow]:
     """Rows of real-face agreement per pipeline spec (backend, precision); failures keep their reason."""
-    from infantino.runtime.face import FaceOptions
-    from infantino.runtime.pipeline import Pipeline
-    from infantino.trainer.realface_guard import real_face_agreement, real_face_split
-
-    from .scenes import composite_scenes
-
     split = real_face_split()
     sources = heldout_scene_sources() if scenes else []
     frames = composite_scenes([s for s, _, _ in sources], n_per_face=n_per_face, seed=seed) if scenes else []
@@ -110,16 +108,11 @@ def measure(bundle, specs: list[tuple[str, Optional[str]]], head=None, detector:
 
 def _frame_crop(pipe, frame):
     """The largest face's crop as the pipeline feeds it (upright when the detector gives an angle), or None."""
-    from infantino.runtime.face import face_crop
-
     boxes = pipe.detector.detect(frame)
     return face_crop(frame, boxes[0], pipe.face_options)[0] if boxes else None
 
 
 def _scene_figures(pipe, frames, sources, progress: bool) -> dict:
-    from infantino.runtime.contract.preprocess import preprocess
-    from infantino.trainer.realfaces import CONFIDENT, FER_SPEC, FerTflite
-
     teacher = FerTflite()
     agree = defaultdict(list)       # the pipeline's label == the teacher's label of the face's held-out crop
     same_crop = defaultdict(list)   # ... == the teacher's label of the very crop the pipeline classified
@@ -128,7 +121,7 @@ def _scene_figures(pipe, frames, sources, progress: bool) -> dict:
     it = frames
     bar = None
     if progress:
-        from rich.progress import Progress
+        from rich.progress import Progress  # optional: rich comes with the train extra only
 
         bar = Progress(transient=True)
         bar.start()

@@ -15,7 +15,10 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+import numpy as np
+
 from infantino.runtime.contract.atomic import atomic_write_bytes, atomic_write_text
+from infantino.runtime.contract.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +34,16 @@ def make_report(kind: str, machine: dict, config: dict, rows: list[dict], **sect
 
 def _clean(obj):
     """JSON-safe copy: numpy scalars/arrays to Python, NaN/inf to None, Paths to str."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        np = None
     if isinstance(obj, dict):
         return {str(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    if np is not None:
-        if isinstance(obj, np.ndarray):
-            return _clean(obj.tolist())
-        if isinstance(obj, np.generic):
-            obj = obj.item()
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -128,7 +126,7 @@ def fmt(v, spec: str = "") -> str:
 
 def make_console(stderr: bool = False):
     """A rich Console; when output is not a terminal (pipes, CI logs) it is 160 columns, not rich's 80."""
-    from rich.console import Console
+    from rich.console import Console  # optional: rich comes with the train extra only
 
     c = Console(stderr=stderr)
     if not c.is_terminal:
@@ -142,6 +140,7 @@ def print_table(title: str, columns: Sequence[tuple[str, str, str]], rows: Itera
 
     Failed rows are red, marked FAILED [n]; the reasons follow the table as footnotes (one per distinct reason).
     """
+    # optional: rich comes with the train extra only:
     from rich.markup import escape
     from rich.table import Table
 
@@ -173,13 +172,11 @@ def print_table(title: str, columns: Sequence[tuple[str, str, str]], rows: Itera
 # ---- plots -------------------------------------------------------------------------------------------------
 def _pyplot():
     try:
-        import matplotlib
+        import matplotlib  # heavy: matplotlib, ~0.4 s to import (train extra)
     except ImportError as e:
-        from infantino.runtime.contract.errors import BackendUnavailable
-
         raise BackendUnavailable("--plot needs matplotlib: pip install matplotlib") from e
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib, ~0.4 s to import (train extra)
 
     return plt
 

@@ -79,7 +79,7 @@ class Scene:
 
 def _bgr(img: np.ndarray) -> np.ndarray:
     """uint8 BGR from grey/float images (floats in [0, 1])."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     a = np.asarray(img)
     if a.dtype != np.uint8:
@@ -91,9 +91,9 @@ def _bgr(img: np.ndarray) -> np.ndarray:
 
 def photo_face_sources() -> list[FaceSource]:
     """Head crops of scikit-image's astronaut and matplotlib's grace_hopper (face square known)."""
-    import cv2
-    import matplotlib
-    from skimage import data
+    import cv2  # optional: OpenCV (device/train extras)
+    import matplotlib  # heavy: matplotlib, ~0.4 s to import (train extra)
+    from skimage import data  # optional: scikit-image (train/test extras)
 
     photos = {"astronaut": cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR),
               "grace_hopper": cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))}
@@ -111,7 +111,7 @@ def photo_face_sources() -> list[FaceSource]:
 
 def lfw_face_sources(n: int = 100) -> list[FaceSource]:
     """The first n (<= 100) of scikit-image's lfw_subset faces: 25x25 grey, tight crops (blurry when upscaled)."""
-    from skimage import data
+    from skimage import data  # optional: scikit-image (train/test extras)
 
     faces = data.lfw_subset()[: min(int(n), 100)]
     return [FaceSource.whole(f, f"lfw{i:03d}") for i, f in enumerate(faces)]
@@ -119,7 +119,7 @@ def lfw_face_sources(n: int = 100) -> list[FaceSource]:
 
 def lfw_nonfaces() -> list[np.ndarray]:
     """lfw_subset's non-face 25x25 patches (BGR uint8), without those that show a face (LFW_NONFACE_EXCLUDED)."""
-    from skimage import data
+    from skimage import data  # optional: scikit-image (train/test extras)
 
     lfw = data.lfw_subset()
     return [_bgr(lfw[i]) for i in range(100, len(lfw)) if i not in LFW_NONFACE_EXCLUDED]
@@ -157,7 +157,7 @@ class Backgrounds:
         return (a[None, None] * (1 - p[..., None]) + b[None, None] * p[..., None]).astype(np.uint8)
 
     def _noise(self, rng) -> np.ndarray:
-        import cv2
+        import cv2  # optional: OpenCV (device/train extras)
 
         cells = int(rng.integers(4, 40))
         coarse = rng.uniform(0, 255, (max(2, cells * self.h // self.w), cells, 3)).astype(np.float32)
@@ -166,10 +166,10 @@ class Backgrounds:
         return np.clip(img, 0, 255).astype(np.uint8)
 
     def _texture(self, rng) -> np.ndarray:
-        import cv2
+        import cv2  # optional: OpenCV (device/train extras)
 
         if self._cache_textures is None:
-            from skimage import data
+            from skimage import data  # optional: scikit-image (train/test extras)
 
             self._cache_textures = [_bgr(getattr(data, n)()) for n in TEXTURE_IMAGES]
         tex = self._cache_textures[int(rng.integers(len(self._cache_textures)))]
@@ -181,7 +181,7 @@ class Backgrounds:
         return np.clip(img * tint[None, None], 0, 255).astype(np.uint8)
 
     def _lfw_nonfaces(self, rng) -> np.ndarray:
-        import cv2
+        import cv2  # optional: OpenCV (device/train extras)
 
         if self._cache_nonfaces is None:
             self._cache_nonfaces = lfw_nonfaces()
@@ -195,10 +195,10 @@ class Backgrounds:
         return img
 
     def _natural(self, rng) -> np.ndarray:
-        import cv2
+        import cv2  # optional: OpenCV (device/train extras)
 
         if self._cache_natural is None:
-            from skimage import data
+            from skimage import data  # optional: scikit-image (train/test extras)
 
             self._cache_natural = [_bgr(cv2.cvtColor(getattr(data, n)(), cv2.COLOR_RGB2BGR)) for n in NATURAL_IMAGES]
         img = self._cache_natural[int(rng.integers(len(self._cache_natural)))]
@@ -213,7 +213,7 @@ class Backgrounds:
 # ---- compositing ------------------------------------------------------------------------------------------
 def _feather_mask(h: int, w: int, tight: bool) -> np.ndarray:
     """float32 alpha (h, w): a soft ellipse (tight crops: an ellipse 1.3x larger, i.e. a soft rounded rectangle)."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     k = 1.3 if tight else 1.0
@@ -229,7 +229,7 @@ def paste(frame: np.ndarray, src: FaceSource, scale: int, rotation: float, centr
           mask: Optional[np.ndarray] = None) -> None:
     """Blend `src` into `frame` (in place) so its face square has side `scale` px, is turned `rotation` degrees
     clockwise and centred at `centre` (frame pixels)."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     fx, fy, fw, fh = src.face_box
     s = scale / max(fw, fh)
@@ -419,7 +419,7 @@ def camera_scenes(faces: Sequence[np.ndarray | FaceSource], n_frames: int = 150,
 
 def write_video(path: str | Path, frames: Sequence[np.ndarray], fps: float = 15.0) -> Path:
     """Write BGR frames (one size) as an MJPG .avi through OpenCV, atomically (temp file, then rename)."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     path = Path(path)
     if not frames:

@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 
 def package_faces() -> list[np.ndarray]:
     """BGR photos with one frontal face each, from the installed packages (at least one must be present)."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     out = []
     try:
-        import matplotlib
+        import matplotlib  # heavy: matplotlib, ~0.4 s to import (train extra)
 
         img = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
         if img is not None:
@@ -35,7 +35,7 @@ def package_faces() -> list[np.ndarray]:
     except ImportError:
         pass
     try:
-        from skimage import data
+        from skimage import data  # optional: scikit-image (train/test extras)
 
         out.append(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
     except ImportError:
@@ -47,7 +47,7 @@ def package_faces() -> list[np.ndarray]:
 
 def face_frames(n: int, width: int = 640, height: int = 480, seed: int = 0) -> list[np.ndarray]:
     """n BGR frames: a package photo (scaled to ~70% of the frame height) drifting over a grey background."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     photos = package_faces()
     rng = np.random.default_rng(seed)
@@ -69,7 +69,7 @@ def face_frames(n: int, width: int = 640, height: int = 480, seed: int = 0) -> l
 
 def write_face_video(path: str | Path, n: int = 120, width: int = 640, height: int = 480, fps: float = 15.0) -> Path:
     """Write face_frames() as an MJPG .avi (or mp4v .mp4) and return its path."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

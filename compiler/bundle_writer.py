@@ -20,6 +20,7 @@ from infantino.runtime.contract.atomic import fsync_dir
 from infantino.runtime.contract.errors import InfantinoError
 from infantino.runtime.bundle import sha256_file  # the verifier's own hashing: writer and reader agree
 from infantino.runtime.contract.manifest import MANIFEST_FILE, SIGNATURE_FILE, Manifest
+from infantino.runtime.contract.signing import generate_keypair, sign
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,6 @@ class BundleStager:
 
     def sign(self, manifest: Manifest, private_key) -> bytes:
         """Write manifest.json and manifest.sig (over the exact bytes written); return the bytes."""
-        from infantino.runtime.contract.signing import sign
-
         raw = manifest_bytes(manifest)
         (self.dir / MANIFEST_FILE).write_bytes(raw)
         (self.dir / SIGNATURE_FILE).write_bytes(sign(private_key, raw))
@@ -139,8 +138,6 @@ def write_tar(src: Path, dst: Path) -> None:
 
 def keygen(out_dir: str | os.PathLike, force: bool = False) -> tuple[Path, Path]:
     """Create out_dir/signing.key (mode 0600) and out_dir/signing.pub; refuse to overwrite without force."""
-    from infantino.runtime.contract.signing import generate_keypair
-
     d = Path(out_dir).expanduser()
     priv, pub = d / "signing.key", d / "signing.pub"
     if not force and (priv.exists() or pub.exists()):

@@ -56,7 +56,7 @@ def load_image_sets(calib_dir: Optional[str | os.PathLike], n_calib: int, n_held
         raise ValueError("--calib-images must be >= 0")
     if calib_dir is None:
         return _synthetic(n_calib, n_heldout, seed, synth_size)
-    import cv2
+    import cv2  # optional: OpenCV is not in the compile extra
 
     files = list_images(calib_dir)
     order = np.random.default_rng(seed).permutation(len(files))
@@ -85,7 +85,7 @@ def load_image_sets(calib_dir: Optional[str | os.PathLike], n_calib: int, n_held
 def _synthetic(n_calib: int, n_heldout: int, seed: int, size: int) -> ImageSets:
     """Procedural faces from trainer.synth (adult and infant domains) — a fallback, with a warning."""
     try:
-        from infantino.trainer.synth import synth_arrays
+        from infantino.trainer.synth import synth_arrays  # kept optional: a failure becomes a clear error below
     except ImportError as e:
         raise InfantinoError("no --calib-data given and the synthetic generator (infantino.trainer.synth) is not "
                              f"available ({e}); pass --calib-data DIR with face crops") from None

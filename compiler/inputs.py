@@ -45,7 +45,7 @@ def resolve_checkpoint(model: str) -> Path:
 
 def load_model(model: str) -> LoadedModel:
     """Resolve and load the extractor; name/version come from the registry for models:/ URIs."""
-    from infantino.trainer.extractor import extractor_id, load_extractor
+    from infantino.trainer.extractor import extractor_id, load_extractor  # heavy: trainer.extractor imports torch
 
     ckpt = resolve_checkpoint(model)
     net, config = load_extractor(ckpt)

@@ -17,10 +17,13 @@ from typing import Optional
 
 import numpy as np
 
+from infantino.runtime.backends import get_backend_class
 from infantino.runtime.contract.errors import InfantinoError
 from infantino.runtime.contract.manifest import ArtifactInfo, ParityEntry
 from infantino.runtime.contract.parity import (THRESHOLDS, compare, cosine_rows, failure_reasons,  # noqa: F401
                                                thresholds_for)
+
+from .choices import check_choice
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,6 @@ class ParityFailure(InfantinoError):
 
 def parse_threshold_override(text: str) -> tuple[str, str, float]:
     """'int8.min_cosine=0.95' -> ('int8', 'min_cosine', 0.95), validated against THRESHOLDS."""
-    from .choices import check_choice
-
     try:
         key, value = text.split("=", 1)
         precision, name = key.strip().split(".", 1)
@@ -64,8 +65,6 @@ class ArtifactRun:
 def run_artifact(bundle, info: ArtifactInfo, backend_name: str, inputs_nchw: np.ndarray,
                  threads: Optional[int] = None, timing_images: int = 8) -> ArtifactRun:
     """Embed the held-out inputs with the runtime backend `backend_name`; time batch-1 calls on a few images."""
-    from infantino.runtime.backends import get_backend_class
-
     cls = get_backend_class(backend_name)
     reason = cls.unavailable_reason()
     if reason:

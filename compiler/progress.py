@@ -22,6 +22,7 @@ class Stages:
 
     def __enter__(self) -> "Stages":
         if self.display:
+            # optional: rich comes with the train extra only
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                                        TimeElapsedColumn)
 

@@ -11,6 +11,7 @@ Reconnecting, the one reconnect layer (the daemon journals what it reports).
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import queue
@@ -24,6 +25,7 @@ import numpy as np
 
 from infantino.runtime.configfile import short_error
 from infantino.runtime.contract.head import Head
+from infantino.runtime.contract.manifest import MANIFEST_FILE
 from infantino.runtime.contract.messages import CommandMessage, PredictionMessage, SampleMessage, StatusMessage
 from infantino.runtime.contract.head_update import UpdateLimits
 from infantino.runtime.contract.signing import TrustedKeys
@@ -50,10 +52,6 @@ class BundleFacts:
 
     @classmethod
     def from_bundle(cls, bundle) -> "BundleFacts":
-        import hashlib
-
-        from infantino.runtime.contract.manifest import MANIFEST_FILE
-
         m = bundle.manifest
         digest = hashlib.sha256((bundle.root / MANIFEST_FILE).read_bytes()).hexdigest()[:12]
         return cls(extractor_id=bundle.extractor_id, head=bundle.head, embedding_dim=bundle.embedding_dim,

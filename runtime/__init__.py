@@ -3,6 +3,8 @@
 Heavy pieces (backends, OpenCV face detection) load lazily, so `import infantino.runtime` stays cheap.
 """
 
+import importlib
+
 from .contract.classes import CLASSES, EMBEDDING_DIM, NUM_CLASSES
 from .contract.errors import (BackendUnavailable, BundleError, HeadError, InfantinoError, SignatureError,
                               UpdateRejected)
@@ -24,7 +26,5 @@ _LAZY = {  # name -> submodule: keeps start-up light on cameras
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

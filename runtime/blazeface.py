@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .blazeface_weights import blazeface_model_path
 from .contract.errors import BackendUnavailable, InfantinoError
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def rotate_square(img: np.ndarray, degrees: int) -> np.ndarray:
     degrees %= 360
     if degrees % 90 == 0:
         return np.ascontiguousarray(np.rot90(img, degrees // 90))
-    import cv2
+    import cv2  # optional: in the device extra, not the base install
 
     n = img.shape[0]
     m = cv2.getRotationMatrix2D(((n - 1) / 2.0, (n - 1) / 2.0), float(degrees), 1.0)
@@ -192,11 +193,10 @@ class BlazeFace:
         self._raw_min_score = math.log(self.min_score / (1.0 - self.min_score)) - 1e-4  # the logit of min_score
         self.iou_threshold = iou_threshold
         if model_path is None:
-            from .blazeface_weights import blazeface_model_path
-
             model_path = blazeface_model_path(model, download=download)
         try:
-            from ai_edge_litert.interpreter import Interpreter
+          
+            from ai_edge_litert.interpreter import Interpreter  # optional: in the device extra, not the base install
         except ImportError as e:
             raise BackendUnavailable("the BlazeFace detector needs ai-edge-litert: pip install ai-edge-litert "
                                      "(or use FaceOptions(detector='haar'))") from e
@@ -226,7 +226,7 @@ class BlazeFace:
 
     def letterbox(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """The frame resized into the square input with black bars (aspect kept), RGB uint8, and where it sits."""
-        import cv2
+        import cv2  # optional: in the device extra, not the base install
 
         h, w = frame_bgr.shape[:2]
         n = self.spec.input_size
@@ -323,7 +323,7 @@ class FaceFinder:
 
     def verify(self, frame_bgr: np.ndarray, cand: Detection) -> Optional[Detection]:
         """The candidate re-detected by the short-range model in an upright crop 2x its size, or None."""
-        import cv2
+        import cv2  # optional: in the device extra, not the base install
 
         x0, y0, x1, y1 = cand.box
         cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0

@@ -27,6 +27,7 @@ from .contract.errors import BundleError, HeadError, SignatureError
 from .contract.head import Head
 from .contract.manifest import MANIFEST_FILE, SIGNATURE_FILE, ArtifactInfo, Manifest
 from .contract.preprocess import PreprocessSpec
+from .contract.signing import load_public_key, verify
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,6 @@ class Bundle:
 
 def resolve_public_key(public_key: Any = None):
     """A public key object from a key object, PEM bytes, a PEM file path, or $INFANTINO_PUBLIC_KEY."""
-    from .contract.signing import load_public_key
-
     if public_key is None:
         env = os.environ.get(PUBLIC_KEY_ENV)
         if not env:
@@ -163,8 +162,6 @@ def _verify(root: Path, src: Path, public_key: Any) -> Bundle:
         fail("signature", str(e), SIGNATURE_FILE)
     if len(sig) != 64:
         fail("signature", f"expected a raw 64-byte Ed25519 signature, got {len(sig)} bytes", SIGNATURE_FILE)
-    from .contract.signing import verify
-
     try:
         verify(key, sig, raw)
     except SignatureError as e:

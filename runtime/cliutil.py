@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import Callable, Sequence
 
+from .choices import unknown_message
 from .contract.errors import InfantinoError
 
 log = logging.getLogger("infantino")
@@ -40,8 +41,6 @@ def run_subcommands(prog: str, description: str, modules: Sequence[str], package
         argv.insert(0, default)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     if argv and not argv[0].startswith("-") and argv[0] not in modules:
-        from .choices import unknown_message
-
         print(f"{prog}: error: {unknown_message('command', argv[0], modules)}", file=sys.stderr)
         return EXIT_USER_ERROR
     for name in modules:

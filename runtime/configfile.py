@@ -137,7 +137,7 @@ def _model_in(ann) -> type[BaseModel] | None:
 def read_yaml(path: str | os.PathLike) -> dict:
     """Parse a YAML mapping; ConfigError with the line number on syntax errors."""
     try:
-        import yaml
+        import yaml  # optional: in the device extra, not the base install
     except ImportError as e:  # pragma: no cover - install profile
         raise ConfigError("reading config files needs PyYAML: pip install pyyaml") from e
     p = Path(path)

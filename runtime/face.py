@@ -20,6 +20,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .blazeface import BlazeFace, FaceFinder, _dedupe, nearest_rotation, same_face, scene_changed, thumbnail, unchanged
 from .contract.errors import BackendUnavailable, InfantinoError
 from .choices import check_choice
 
@@ -178,7 +179,7 @@ def face_crop(frame: np.ndarray, box: Box, options: FaceOptions) -> tuple[np.nda
 
 def _cv2():
     try:
-        import cv2
+        import cv2  # optional: in the device extra, not the base install
     except ImportError as e:
         raise BackendUnavailable("face detection needs OpenCV 4.x: pip install 'opencv-python-headless>=4.10,<5'") from e
     return cv2
@@ -336,8 +337,6 @@ class BlazeFaceDetector(FaceDetector):
 
     def __init__(self, options: FaceOptions = FaceOptions()):
         super().__init__(options)
-        from .blazeface import BlazeFace, FaceFinder
-
         search = BlazeFace(options.model, threads=options.threads, min_score=options.min_score)
         verifier = None
         if options.verify_score > 0:
@@ -429,8 +428,6 @@ class BlazeFaceDetector(FaceDetector):
 
     def _find(self, frame: np.ndarray) -> list:
         """The faces of one BGR frame (blazeface.Detection), updating the per-camera state; under self._lock."""
-        from .blazeface import scene_changed, thumbnail, unchanged
-
         o = self.options
         self.frames["frames"] += 1
         thumb = None
@@ -462,8 +459,6 @@ class BlazeFaceDetector(FaceDetector):
 
     def _look(self, frame: np.ndarray) -> list:
         """Run the models on a frame: follow the faces of the last frame, or search (see the class doc)."""
-        from .blazeface import _dedupe, same_face
-
         o = self.options
         tracked = self._faces if self._follow else []
         follow = bool(tracked) and self._since_search + 1 < o.redetect_every  # else a search is due anyway
@@ -505,8 +500,6 @@ class BlazeFaceDetector(FaceDetector):
 
     def _remember(self, found: list, followed: bool) -> None:
         """Keep the faces to follow next frame (the largest only when options.largest_only) and count empty frames."""
-        from .blazeface import nearest_rotation
-
         o = self.options
         if not o.track:
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -91,6 +92,7 @@ class BrokerConfig(BaseModel):
 
 def _paho():
     try:
+        # optional: in the device extra, not the base install:
         import paho.mqtt.client as mqtt
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -342,8 +344,6 @@ class MqttLink:
             return
         self.refused_reason = None
         try:  # paho leaves Nagle on: small packets (acks, deltas) would wait for delayed ACKs (~40 ms)
-            import socket
-
             sock = client.socket()
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

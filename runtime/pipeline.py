@@ -16,8 +16,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .backends.base import Backend
+from .backends.registry import create_backend
 from .bundle import Bundle, load_bundle
 from .contract.errors import HeadError
+from .contract.messages import FacePrediction
 from .face import Box, FaceDetector, FaceOptions, check_frame, create_detector, face_crop
 from .contract.head import Head, HeadPrediction
 from .contract.messages import FacePrediction
@@ -89,8 +91,6 @@ class Pipeline:
         if isinstance(backend, Backend):
             self.backend = backend
         else:
-            from .backends.registry import create_backend
-
             self.backend = create_backend(backend, bundle, backend_config, threads=threads, precision=precision)
         self.detector = detector or create_detector(face or FaceOptions())
         self.face_options = self.detector.options

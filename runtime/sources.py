@@ -57,7 +57,7 @@ class SourceConfig(BaseModel):
 
 def _cv2():
     try:
-        import cv2
+        import cv2  # optional: in the device extra, not the base install
     except ImportError as e:
         raise BackendUnavailable("frame sources need OpenCV 4.x: pip install 'opencv-python-headless>=4.10,<5'") from e
     return cv2

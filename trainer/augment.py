@@ -49,7 +49,7 @@ AUGMENT_PRESETS = ("none", "light", "strong")
 
 def augment(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()) -> np.ndarray:
     """A randomly transformed copy of a BGR (H,W,3) or gray (H,W) uint8 image, same shape and dtype."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise ValueError(f"expected a uint8 image (H,W) or (H,W,C), got {image.dtype} {image.shape}")

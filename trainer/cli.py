@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib.util import find_spec
 
 from infantino.runtime.cliutil import run_subcommands
 
@@ -18,8 +19,6 @@ def main(argv=None) -> int:
 
 
 def _exists(name: str) -> bool:
-    from importlib.util import find_spec
-
     return find_spec(f"infantino.trainer.commands.{name}") is not None
 
 

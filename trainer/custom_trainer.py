@@ -17,6 +17,11 @@ import numpy as np
 
 from infantino.runtime.contract.layout import HEAD_FILE
 
+from .online_head import OnlineHead
+from .online_session import OnlineSession, SessionConfig
+from .predictor import Predictor, resolve_model_pair
+from .tracking import configure_tracking, is_mlflow_uri
+
 log = logging.getLogger(__name__)
 
 
@@ -43,7 +48,7 @@ class CustomTrainer:
 
     def run_full(self, **overrides):
         """Train the extractor and the MLP head (trainer.fit); returns FitResult (files, metrics, run id)."""
-        from .fit import FitConfig, fit
+        from .fit import FitConfig, fit  # heavy: trainer.fit imports torch
 
         names = {f.name for f in fields(FitConfig)}
         opts = {"out": str(self.out / "full"), "tracking_uri": self.tracking_uri, "experiment": self.experiment,
@@ -64,9 +69,6 @@ class CustomTrainer:
         head/extractor: local paths or MLflow URIs; default: the last run_full's output, else the registry's
         champion. Returns SessionResult; the learned head is in `out/partial` and registered in MLflow.
         """
-        from .online_head import OnlineHead
-        from .online_session import OnlineSession, SessionConfig
-
         stream = stream if stream is not None else self.data
         if stream is None:
             raise ValueError("run_partial needs a stream (a folder, .npz, .jsonl, '-' or an iterable of samples)")
@@ -93,9 +95,6 @@ class CustomTrainer:
         the last run_partial's head, else the last run_full's, else the champion. uncertainty = {"entropy",
         "prediction_set", "probabilities", "head_version", "face_box", "coverage"}.
         """
-        from .predictor import Predictor, resolve_model_pair
-        from .tracking import configure_tracking, is_mlflow_uri
-
         if (path is None) == (image is None):
             raise ValueError("give exactly one of path= (an image file) or image= (a BGR array)")
         if model_uri is None:

@@ -83,7 +83,7 @@ class ImageSet:
 
 def read_image(path: str | os.PathLike) -> np.ndarray | None:
     """Decode an image file to BGR uint8 (gray files stay 2-D); None if it cannot be read."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     try:
         data = np.fromfile(str(path), dtype=np.uint8)  # also works for non-ASCII paths
@@ -266,9 +266,9 @@ def _maybe_progress(items, progress: bool, what: str):
     if not progress or len(items) < 500:
         yield from items
         return
-    from rich.progress import Progress
-
+    # optional: rich comes with the train extra only:
     from rich.console import Console
+    from rich.progress import Progress
 
     with Progress(transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(what, total=len(items))

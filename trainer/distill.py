@@ -17,7 +17,7 @@ from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
 
 from .augment import AugmentConfig, augment
 from .realface_guard import real_face_split
-from .realfaces import FER_SPEC
+from .realfaces import FER_SPEC, FerTflite
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ DISTILL_AUGMENT = AugmentConfig(flip=0.5, rotate_deg=12.0, scale=(0.85, 1.15), s
 
 def kd_loss(student_logits, teacher_probs, temperature: float = 2.0):
     """Hinton's soft-target loss: T^2 * KL(teacher_T || student_T), teacher given as probabilities at T=1."""
+    # heavy: torch, ~1.3 s to import (train extra):
     import torch
     import torch.nn.functional as F
 
@@ -50,6 +51,7 @@ class DistillBatches:
     augment_config: AugmentConfig = DISTILL_AUGMENT
 
     def __post_init__(self):
+        # heavy (train extra): timm ~3 s, torch ~1.3 s to import; mini_xception registers its model with timm
         import timm
         import torch
 
@@ -79,8 +81,6 @@ def teacher_anchors(embed, n_augment: int = 4, seed: int = 0) -> tuple[np.ndarra
     teacher's probabilities come from the fer TFLite on the same jittered pixels. These rows keep a head's answers
     on real faces while it learns the camera's domain.
     """
-    from .realfaces import FerTflite
-
     rng = np.random.default_rng([seed, 104729])
     base = real_face_split().distil.images
     imgs = list(base) + [augment(im, rng, DISTILL_AUGMENT) for _ in range(n_augment) for im in base]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from infantino.runtime.contract.errors import InfantinoError
+
 log = logging.getLogger(__name__)
 
 
@@ -43,8 +45,6 @@ def pick_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            from infantino.runtime.contract.errors import InfantinoError
-
             raise InfantinoError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu")
         if dev.index is None:
             dev = torch.device(f"cuda:{local_rank}")

@@ -7,6 +7,9 @@ Checkpoints are plain dicts (config + state_dict) that load on CPU whatever devi
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import importlib
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -15,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from infantino.runtime.contract.atomic import fsync_dir
 from infantino.runtime.contract.classes import CLASSES, EMBEDDING_DIM
 from infantino.runtime.contract.errors import InfantinoError
 from infantino.runtime.contract.preprocess import PreprocessSpec
@@ -90,8 +94,6 @@ def extractor_id(model: nn.Module) -> str:
     Computable by the trainer at training time and by the compiler, so a head registered in MLflow already
     names the extractor it fits (the contract's "sha256 of the ONNX" is kept per artifact in the manifest).
     """
-    import hashlib
-
     model = getattr(model, "module", model)
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
@@ -102,14 +104,12 @@ def extractor_id(model: nn.Module) -> str:
 
 def build_extractor(config: ExtractorConfig) -> EmbeddingNet:
     """Build an EmbeddingNet for `config`; a clear error names unknown backbones."""
-    import timm
+    import timm  # heavy: timm, ~3 s to import (train extra)
 
     _load_custom_builders()
     if config.backbone in CUSTOM_BUILDERS:
         return CUSTOM_BUILDERS[config.backbone](config)
     if not timm.is_model(config.backbone):
-        import difflib
-
         close = difflib.get_close_matches(config.backbone, timm.list_models(), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise InfantinoError(f"unknown backbone {config.backbone!r} (not a timm model).{hint}")
@@ -126,8 +126,6 @@ def build_extractor(config: ExtractorConfig) -> EmbeddingNet:
 
 def _load_custom_builders() -> None:
     """Import the modules that register custom backbones (timm registry + CUSTOM_BUILDERS)."""
-    import importlib
-
     for mod in ("infantino.trainer.mini_xception",):
         try:
             importlib.import_module(mod)
@@ -138,8 +136,6 @@ def _load_custom_builders() -> None:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: ExtractorConfig, **extra) -> None:
     """Atomically save config + weights (+ optimizer/epoch/metrics given as extra)."""
-    from infantino.runtime.contract.atomic import fsync_dir
-
     model = getattr(model, "module", model)  # unwrap DDP
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

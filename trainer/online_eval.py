@@ -15,6 +15,8 @@ teacher_anchors_effect measures what teacher anchors keep.
 from __future__ import annotations
 
 import argparse
+import copy
+import io
 import json
 import logging
 import os
@@ -25,8 +27,11 @@ from typing import Sequence
 
 import numpy as np
 
+from infantino.runtime.contract.atomic import atomic_write_bytes, atomic_write_text
 from infantino.runtime.contract.classes import CLASSES, EMBEDDING_DIM
+from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
 
+from . import synth
 from .conformal import evaluate_sets
 from .online_head import OnlineHead, OnlineHeadConfig
 
@@ -110,11 +115,9 @@ def synth_domains(n_train: int = 1400, n_cal: int = 500, n_test: int = 700, seed
     a random-init timm `test_efficientnet` (BatchNorm settled, eval mode: weak features), or the path of a
     trained extractor checkpoint. Embeddings are standardised with the adult training statistics.
     """
-    import torch
+    import torch  # heavy: torch, ~1.3 s to import (train extra)
 
-    from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
-
-    from . import synth
+    # heavy: trainer.extractor imports torch
     from .extractor import ExtractorConfig, build_extractor, embed_batch, load_extractor
 
     torch.manual_seed(0)
@@ -159,10 +162,6 @@ def synth_domains(n_train: int = 1400, n_cal: int = 500, n_test: int = 700, seed
 
 def save_domains(data: dict[str, DomainData], path: str | os.PathLike) -> None:
     """Cache embeddings (npz) so scenarios can be re-run without re-rendering and re-embedding."""
-    import io
-
-    from infantino.runtime.contract.atomic import atomic_write_bytes
-
     arrays = {f"{dom}.{k}": v for dom, d in data.items() for k, v in d.__dict__.items()}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -245,8 +244,6 @@ def learn_one_latency(data: dict[str, DomainData] | None = None, config: OnlineH
 
 def _partial_fit_alone(head: OnlineHead, n: int) -> float:
     """Reference: one bare partial_fit call with the same batch size, on a copy of the MLP."""
-    import copy
-
     mlp = copy.deepcopy(head.mlp)
     X = head.replay.X[: head.config.replay_mix + 1]
     y = head.replay.cls[: head.config.replay_mix + 1]
@@ -285,7 +282,6 @@ def forgetting(data: dict[str, DomainData] | None = None, config: OnlineHeadConf
     n_stream = int(len(order))
     streamed = None if stream_classes is None else [CLASSES.index(c) for c in stream_classes]
     base = initial_head(data, replace(config, calib_holdout=0.0), epochs=epochs)
-    import copy
 
     def measure(head: OnlineHead) -> dict:
         pa, pi = head.predict_proba(a.X_test), head.predict_proba(inf.X_test)
@@ -430,8 +426,6 @@ def teacher_anchors_effect(data: dict[str, DomainData] | None = None, base: Onli
     probabilities on it (as the FER-2013 model is for real faces). Weight 0 = no anchors; else `n_anchor` real
     embeddings with the teacher's probabilities go to set_teacher_anchors. Adult and infant accuracy are reported too.
     """
-    import copy
-
     data = data or gaussian_domains(700, 400, 1000, seed=3)
     if base is None:
         base = initial_head(data, OnlineHeadConfig(seed=seed, calib_holdout=0.0), epochs=20)
@@ -536,14 +530,10 @@ def format_report(r: dict) -> str:
 def plot_forgetting(f: dict, path: str | os.PathLike, title: str = "", xlabel: str | None = None,
                     marks: Sequence[int] = ()) -> None:
     """Adult and infant test accuracy along the stream, one colour per method (adult solid, infant dashed)."""
-    import io
-
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, ~0.4 s to import (train extra)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from infantino.runtime.contract.atomic import atomic_write_bytes
+    import matplotlib.pyplot as plt  # heavy: matplotlib, ~0.4 s to import (train extra)
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     colors = ("tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:gray")
@@ -617,8 +607,6 @@ def main(argv=None) -> int:
         for w, m in t["weights"].items():
             print(f"  weight {w:<4} agreement {m['agreement']:.3f}  adult {m['adult']:.3f}  infant {m['infant']:.3f}")
     if args.json:
-        from infantino.runtime.contract.atomic import atomic_write_text
-
         atomic_write_text(args.json, json.dumps(r, indent=2, default=str))
     return 0
 

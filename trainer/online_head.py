@@ -185,7 +185,7 @@ class OnlineHead:
         it = range(epochs)
         bar = None
         if progress:
-            from rich.progress import Progress
+            from rich.progress import Progress  # optional: rich comes with the train extra only
 
             bar = Progress(transient=True)
             bar.start()
@@ -439,7 +439,7 @@ class OnlineHead:
 
     # ---- internals --------------------------------------------------------------------------------
     def _new_mlp(self):
-        from sklearn.neural_network import MLPClassifier
+        from sklearn.neural_network import MLPClassifier  # heavy: scikit-learn, ~1 s to import (train extra)
 
         c = self.config
         return MLPClassifier(hidden_layer_sizes=c.hidden, activation=c.activation, solver="adam", alpha=c.alpha,

@@ -27,8 +27,14 @@ from infantino.runtime.contract.atomic import atomic_write_text
 from infantino.runtime.contract.classes import CLASSES
 from infantino.runtime.contract.errors import InfantinoError
 from infantino.runtime.contract.layout import EXTRACTOR_FILE
+from infantino.runtime.contract.preprocess import preprocess
 
+from . import tracking
+from .data import load_dataset
+from .labels import label_index, make_target
 from .online_head import HEAD_FILE, STATE_FILE, OnlineHead
+from .predictor import read_bgr, registry_extractor_version, resolve_model_pair
+from .tracking import FitTracker
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +152,6 @@ def _label_value(v):
 
 
 def _iter_folder(root: Path, embed, seed: int, progress: bool) -> Iterator[Sample]:
-    from .data import load_dataset
-
     images = load_dataset(root)
     if embed is None:
         raise InfantinoError("an image stream needs the extractor (give --extractor or a head with one)")
@@ -176,8 +180,6 @@ def _iter_jsonl(f, name: str) -> Iterator[Sample]:
         if "embedding" in d:
             sample.embedding = np.asarray(d["embedding"], dtype=np.float64)
         elif "image" in d:
-            from .predictor import read_bgr
-
             sample.image = read_bgr(d["image"])
         else:
             raise ValueError(f"{name}:{n}: a sample needs 'embedding' or 'image'")
@@ -205,8 +207,6 @@ def as_sample(item) -> Sample:
 
 def _set_input(s: Sample, x) -> None:
     if isinstance(x, (str, os.PathLike)):
-        from .predictor import read_bgr
-
         s.image = read_bgr(x)
         return
     a = np.asarray(x)
@@ -236,16 +236,12 @@ class OnlineSession:
 
     # -- models --
     def _load_head(self) -> OnlineHead:
-        from . import tracking
-
         prefix = self.config.registry_prefix
         src = self.config.head or f"models:/{prefix}-head@champion"
         if self.config.tracking_uri or tracking.is_mlflow_uri(src):
             tracking.configure_tracking(self.config.tracking_uri)
         self._head_dir = tracking.resolve_head(src)
         if tracking.is_mlflow_uri(src):
-            from .predictor import registry_extractor_version
-
             self.source_extractor_version = registry_extractor_version(src, prefix)
         log.info("online head from %s", self._head_dir)
         return OnlineHead.load(self._head_dir / STATE_FILE)
@@ -253,12 +249,9 @@ class OnlineSession:
     def extractor(self):
         """(model, config), loaded on first use and checked against the head's extractor_id."""
         if self._extractor is None:
-            from .extractor import extractor_id, load_extractor
-            from .predictor import resolve_model_pair
+            from .extractor import extractor_id, load_extractor  # heavy: trainer.extractor imports torch
 
             if self.config.extractor:
-                from . import tracking
-
                 path = tracking.resolve_extractor(self.config.extractor)
             elif self._head_dir is not None:
                 path, _ = resolve_model_pair(self.config.head, None, self.config.registry_prefix)
@@ -282,11 +275,9 @@ class OnlineSession:
         return None
 
     def embed(self, images: list[np.ndarray]) -> np.ndarray:
-        import torch
+        import torch  # heavy: torch, ~1.3 s to import (train extra)
 
-        from infantino.runtime.contract.preprocess import preprocess
-
-        from .extractor import embed_batch
+        from .extractor import embed_batch  # heavy: trainer.extractor imports torch
 
         model, cfg = self.extractor()
         return embed_batch(model, torch.from_numpy(preprocess(images, cfg.spec, "NCHW"))).numpy().astype(np.float32)
@@ -299,8 +290,6 @@ class OnlineSession:
         if p.suffix == ".npz":
             X, y = read_npz(p)
             return X.astype(np.float32), np.array([_as_index(v) for v in y])
-        from .data import load_dataset
-
         images = load_dataset(p)
         X = np.concatenate([self.embed([images.image(i) for i in range(s, min(s + 64, len(images)))])
                             for s in range(0, len(images), 64)])
@@ -394,7 +383,7 @@ class OnlineSession:
     def _progress(self):
         if not self.config.progress or not sys.stderr.isatty():
             return None
-        from rich.progress import Progress
+        from rich.progress import Progress  # optional: rich comes with the train extra only
 
         p = Progress(transient=True)
         p.start()
@@ -404,8 +393,6 @@ class OnlineSession:
         cfg = self.config
         if not cfg.tracking:
             return
-        from .tracking import FitTracker
-
         self.tracker = FitTracker(cfg.tracking_uri, cfg.experiment, run_name="partial",
                                   tags={"infantino.kind": "online-session", "extractor_id": self.head.extractor_id})
         res.run_id = self.tracker.run_id
@@ -454,10 +441,8 @@ def log_head(tracker, head_dir: Path, head: OnlineHead, register: bool = True, p
 
     Returns the registered version of <prefix>-head (None when not registering).
     """
-    from . import tracking
-
     tracking.mlflow_env()
-    import mlflow
+    import mlflow  # heavy: mlflow, ~1.3 s to import
 
     rh = head.to_head()
     mlflow.set_experiment(experiment_id=tracker.experiment_id)
@@ -483,8 +468,6 @@ def log_head(tracker, head_dir: Path, head: OnlineHead, register: bool = True, p
 
 def find_extractor_version(extractor_id: str, prefix: str = "infantino") -> str | None:
     """The newest registered <prefix>-extractor version tagged with this extractor_id (None if there is none)."""
-    from . import tracking
-
     if not extractor_id:
         return None
     name, _ = tracking.model_names(prefix)
@@ -503,15 +486,11 @@ def _valid_embedding(x, dim: int) -> bool:
 
 
 def _as_index(v) -> int:
-    from .labels import label_index
-
     return label_index(_label_value(v))
 
 
 def _truth(sample: Sample) -> int | None:
     """The class index a prediction is scored against: the label, or the top vote / top soft class."""
-    from .labels import make_target
-
     try:
         t = make_target(sample.label, sample.labels, sample.soft_label, CLASSES, "majority"
                         if sample.labels is not None else "soft")

@@ -6,6 +6,7 @@ extractor (extractor_id), and returns what devices return: label, probabilities,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -16,6 +17,10 @@ import numpy as np
 from infantino.runtime.contract.errors import InfantinoError
 from infantino.runtime.contract.head import Head, HeadPrediction
 from infantino.runtime.contract.layout import HEAD_FILE
+from infantino.runtime.contract.preprocess import preprocess
+from infantino.runtime.face import create_detector, face_crop
+
+from . import tracking
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ class Predictor:
 
     def __init__(self, extractor_path: str | os.PathLike, head: Head | str | os.PathLike, face: bool = True,
                  check_extractor: bool = True):
-        from .extractor import extractor_id, load_extractor
+        from .extractor import extractor_id, load_extractor  # heavy: trainer.extractor imports torch
 
         self.model, self.config = load_extractor(extractor_path)
         self.extractor_id = extractor_id(self.model)
@@ -51,17 +56,13 @@ class Predictor:
                 f"{extractor_path} is {self.extractor_id[:12]}…; give the matching extractor")
         self._detector = None
         if face:
-            from infantino.runtime.face import create_detector
-
             self._detector = create_detector(track=False)  # unrelated images, not a camera: no tracking
 
     def predict_image(self, image) -> ImagePrediction:
         """A BGR uint8 array or an image path -> ImagePrediction (largest face if one is found)."""
-        import torch
+        import torch  # heavy: torch, ~1.3 s to import (train extra)
 
-        from infantino.runtime.contract.preprocess import preprocess
-
-        from .extractor import embed_batch
+        from .extractor import embed_batch  # heavy: trainer.extractor imports torch
 
         img = read_bgr(image) if isinstance(image, (str, os.PathLike)) else image
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim not in (2, 3) or img.size == 0:
@@ -74,8 +75,6 @@ class Predictor:
     def _crop(self, img: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
         if self._detector is None:
             return img, None
-        from infantino.runtime.face import face_crop
-
         boxes = self._detector.detect(img)
         if not boxes:
             log.info("no face found: using the whole image")
@@ -86,7 +85,7 @@ class Predictor:
 
 def read_bgr(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as BGR uint8; FileNotFoundError / ValueError naming the file otherwise."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     p = Path(path)
     if not p.is_file():
@@ -116,8 +115,6 @@ def resolve_model_pair(head: str | os.PathLike | None = None, extractor: str | o
     registry tag `extractor_version`, else models:/<prefix>-extractor@champion. Predictor then checks that
     the extractor is the one the head was trained on.
     """
-    from . import tracking
-
     head_src = str(head) if head else f"models:/{prefix}-head@champion"
     head_dir = tracking.resolve_head(head_src)
     if extractor:
@@ -135,8 +132,6 @@ def resolve_model_pair(head: str | os.PathLike | None = None, extractor: str | o
 
 def _session_extractor(head_dir: Path) -> str | None:
     """The extractor an online session (online_session.py) recorded in session.json beside its head."""
-    import json
-
     f = head_dir / "session.json"
     if not f.is_file():
         return None
@@ -150,8 +145,6 @@ def _session_extractor(head_dir: Path) -> str | None:
 
 
 def registry_extractor_version(head_uri: str, prefix: str) -> str | None:
-    from . import tracking
-
     parsed = tracking.parse_models_uri(head_uri)
     if parsed is None:
         return None

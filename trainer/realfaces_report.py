@@ -26,10 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from infantino.runtime.cliutil import guarded, setup_logging
 from infantino.runtime.contract.classes import CLASSES
 from infantino.runtime.contract.preprocess import preprocess
 
-from .realfaces import CONFIDENT, FER_SPEC, FerTflite, agreement, real_face_set
+from .online_head import OnlineHead, OnlineHeadConfig
+from .realfaces import CONFIDENT, FER_SPEC, FerTflite, agreement, parity_report, real_face_set
+from .synth import synth_arrays
 
 log = logging.getLogger(__name__)
 STREAM_CLASSES = ("happy", "sad", "neutral")
@@ -54,11 +57,11 @@ def _interleaved(fns: dict, warmup: int, iters: int) -> dict[str, float]:
 
 def measure_cost(iters: int = 5, threads: int = 2) -> dict:
     """Training step (AdamW + CE through EmbeddingNet.logits) and batch-1 inference, mini_xception vs b0."""
-    import onnxruntime as ort
-    import torch
+    import onnxruntime as ort  # optional: onnxruntime (device/compile extras)
+    import torch  # heavy: torch, ~1.3 s to import (train extra)
 
-    from . import mini_xception as mx
-    from .extractor import ExtractorConfig, build_extractor
+    from . import mini_xception as mx  # heavy: trainer.mini_xception imports torch and timm (~3 s)
+    from .extractor import ExtractorConfig, build_extractor  # heavy: trainer.extractor imports torch
 
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # random-init BN otherwise gives denormals that slow eager 50x
@@ -119,7 +122,7 @@ def measure_cost(iters: int = 5, threads: int = 2) -> dict:
 
 
 def _nograd(net, x):
-    import torch
+    import torch  # heavy: torch, ~1.3 s to import (train extra)
 
     with torch.no_grad():
         return net(x)
@@ -130,7 +133,7 @@ def _nograd(net, x):
 # ---------------------------------------------------------------------------------------------------------
 def _split_real(faces):
     """(eval images, anchor images): photos + LFW 0-49 vs LFW 50-99, each with its mirror image."""
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     ev = [im for n, im in zip(faces.names, faces.images) if not n.startswith("lfw") or int(n[4:]) < 50]
     an = [im for n, im in zip(faces.names, faces.images) if n.startswith("lfw") and int(n[4:]) >= 50]
@@ -139,8 +142,8 @@ def _split_real(faces):
 
 def _onnx_embedder(net, threads: int):
     """Export the extractor to ONNX (fp32, dynamic batch) and return embed(x) running it in onnxruntime."""
-    import onnxruntime as ort
-    import torch
+    import onnxruntime as ort  # optional: onnxruntime (device/compile extras)
+    import torch  # heavy: torch, ~1.3 s to import (train extra)
 
     net.eval()
     tmp = tempfile.mkdtemp(prefix="infantino-rf-")
@@ -157,12 +160,10 @@ def _onnx_embedder(net, threads: int):
 def measure_forgetting(steps: int = 150, batch: int = 64, freeze: int = 2, lr: float = 1e-3, n_train: int = 700,
                        n_stream: int = 300, anchor_share: float = 0.25, seed: int = 0, threads: int = 2) -> dict:
     """Real-face agreement kept after infant fine-tuning and the online head's stream, with and without replay."""
-    import torch
+    import torch  # heavy: torch, ~1.3 s to import (train extra)
 
-    from . import mini_xception as mx
-    from .extractor import build_extractor
-    from .online_head import OnlineHead, OnlineHeadConfig
-    from .synth import synth_arrays
+    from . import mini_xception as mx  # heavy: trainer.mini_xception imports torch and timm (~3 s)
+    from .extractor import build_extractor  # heavy: trainer.extractor imports torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -238,10 +239,9 @@ def measure_synthetic_backbone(backbone: str = "efficientnet_b0", img_size: int 
                                batch: int = 32, lr: float = 1e-3, n_train: int = 700, seed: int = 0,
                                threads: int = 2) -> dict:
     """A backbone trained from scratch on synthetic adult faces: its agreement with the original on real faces."""
-    import torch
+    import torch  # heavy: torch, ~1.3 s to import (train extra)
 
-    from .extractor import ExtractorConfig, build_extractor
-    from .synth import synth_arrays
+    from .extractor import ExtractorConfig, build_extractor  # heavy: trainer.extractor imports torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -277,10 +277,8 @@ def measure_tradeoff(data: str, out: str, points: list[dict], n_infant: int = 35
     Each point is a set of FitConfig overrides (e.g. distill_weight, head_anchor_weight, finetune); the infant
     faces are the demo's held-out camera domain (seed 11). Behind the trade-off plot in docs/real-faces.md.
     """
-    from .extractor import load_extractor
-    from .fit import FitConfig, embed_arrays, fit
-    from .online_head import OnlineHead
-    from .synth import synth_arrays
+    from .extractor import load_extractor  # heavy: trainer.extractor imports torch
+    from .fit import FitConfig, embed_arrays, fit  # heavy: trainer.fit imports torch
 
     imgs, labels = synth_arrays(n_infant, domain="infant", seed=11, size=96)
     rows = []
@@ -302,8 +300,6 @@ def measure_tradeoff(data: str, out: str, points: list[dict], n_infant: int = 35
 
 
 def main(argv=None) -> int:
-    from infantino.runtime.cliutil import guarded, setup_logging
-
     p = argparse.ArgumentParser(prog="python -m infantino.trainer.realfaces_report", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     sub.add_parser("parity", help="ported model vs the fer TFLite on 102 real faces")
@@ -326,8 +322,6 @@ def main(argv=None) -> int:
 
     def run(a) -> int:
         if a.what == "parity":
-            from .realfaces import parity_report
-
             rep = parity_report()
         elif a.what == "cost":
             rep = measure_cost(a.iters, a.threads)

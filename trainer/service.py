@@ -23,24 +23,35 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Optional
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from infantino.runtime.contract.atomic import atomic_write_bytes, atomic_write_text
+from infantino.runtime.bundle import load_bundle
+from infantino.runtime.contract.atomic import atomic_write_bytes, atomic_write_text, fsync_dir
 from infantino.runtime.configfile import (ConfigError, ExistingFile, ExistingPath, WritableDir, load_yaml_config,
                                           short_error)
 from infantino.runtime.contract.errors import HeadError, InfantinoError, UpdateRejected
 from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.head_update import apply_update, encode_delta, encode_full
 from infantino.runtime.contract.messages import SampleMessage
+from infantino.runtime.contract.signing import load_private_key, load_public_key
+from infantino.runtime.face import FaceOptions
 from infantino.runtime.mqtt import BrokerConfig, Message, MqttLink
 from infantino.runtime.contract.topics import Topics
+from infantino.runtime.pipeline import Pipeline
+
+from .online_head import OnlineHead
+from .realface_guard import GuardPolicy, embed_heldout, head_agreement, pretrained_baseline
+from .tracking import configure_tracking, ensure_experiment
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +94,6 @@ class FleetConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        import re
-
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", v):
             raise ValueError(f"fleet name must be letters, digits, '.', '_' or '-' (an MQTT topic level), got {v!r}")
         return v
@@ -149,8 +158,6 @@ class VersionRecord:
         self.seq, self.record = self._read()
 
     def _read(self) -> tuple[int, dict]:
-        import zlib
-
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -170,8 +177,6 @@ class VersionRecord:
         return best
 
     def write(self, record: dict) -> None:
-        import zlib
-
         seq = self.seq + 1
         body = json.dumps({**record, "seq": seq}, sort_keys=True).encode()
         line = f"{zlib.crc32(body):08x} ".encode() + body
@@ -183,8 +188,6 @@ class VersionRecord:
             if new or os.fstat(self._fd).st_size < 2 * self.SLOT:
                 os.pwrite(self._fd, b"\0" * (2 * self.SLOT), 0)
                 os.fsync(self._fd)
-                from infantino.runtime.contract.atomic import fsync_dir
-
                 fsync_dir(self.path.parent)
         os.pwrite(self._fd, line.ljust(self.SLOT, b"\0"), (seq % 2) * self.SLOT)
         os.fdatasync(self._fd)
@@ -379,8 +382,6 @@ class FleetWorker:
         return bool(self.dirty_samples) or self.force_full
 
     def learn(self, sample: SampleMessage) -> str:
-        import numpy as np
-
         weight = float(sample.confidence) if sample.confidence is not None and sample.confidence > 0 else 1.0
         outcome = self.state.online.learn_one(np.asarray(sample.embedding, dtype=np.float32), label=sample.label,
                                               labels=sample.labels, soft_label=sample.soft_label, weight=weight)
@@ -446,11 +447,6 @@ class FleetGuard:
     candidate head version scored on them before it may be published (trainer.realface_guard)."""
 
     def __init__(self, bundle, allow_regression: bool = False):
-        from infantino.runtime.face import FaceOptions
-        from infantino.runtime.pipeline import Pipeline
-
-        from .realface_guard import embed_heldout, pretrained_baseline
-
         with Pipeline(bundle, face=FaceOptions(detector="full_frame")) as pipe:  # the faces are crops already
             self.embeddings = embed_heldout(pipe.embed)
         rf = bundle.manifest.real_faces
@@ -461,8 +457,6 @@ class FleetGuard:
 
     def judge(self, head: Head) -> tuple[bool, dict]:
         """(may publish, figures) for a candidate head; figures include the failed thresholds."""
-        from .realface_guard import GuardPolicy, head_agreement
-
         a = head_agreement(self.embeddings, head, baseline=self.baseline)
         problems = GuardPolicy().problems(a)
         self.last = {"agreement": a.all, "agreement_confident": a.confident, "baseline": self.baseline,
@@ -498,9 +492,7 @@ class VersionTracker:
 
     def _connect(self):
         """Tracking per trainer.tracking (local SQLite + artifact folder by default, or the configured URI)."""
-        from mlflow.tracking import MlflowClient
-
-        from .tracking import configure_tracking, ensure_experiment
+        from mlflow.tracking import MlflowClient  # heavy: mlflow, ~1.3 s to import
 
         uri = configure_tracking(self.cfg.tracking_uri)
         self.experiment_id = ensure_experiment(self.cfg.experiment)
@@ -510,7 +502,7 @@ class VersionTracker:
         if fleet not in self.runs:
             run = self._client.create_run(self.experiment_id, run_name=f"online-{fleet}-{time.strftime('%Y%m%d-%H%M%S')}",
                                           tags={"infantino.fleet": fleet, "infantino.kind": "online-service"})
-            from mlflow.entities import Param
+            from mlflow.entities import Param  # heavy: mlflow, ~1.3 s to import
 
             self._client.log_batch(run.info.run_id, params=[Param(k, str(v)[:500]) for k, v in
                                                             {**self.params, "fleet": fleet}.items()])
@@ -536,7 +528,7 @@ class VersionTracker:
                 return
 
     def _flush(self, batch: list[PublishedUpdate]) -> None:
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import Metric, RunTag  # heavy: mlflow, ~1.3 s to import
 
         if self._client is None:
             self._client = self._connect()

@@ -32,7 +32,7 @@ META_FILE = "synth.json"
 
 
 def _cv2():
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     return cv2
 
@@ -525,11 +525,11 @@ def write_dataset(out_dir: str | os.PathLike, n: int, domain: str = "adult", see
 def _render_all(n, domain, seed, size, difficulty, progress):
     if not progress:
         return synth_arrays(n, domain, seed, size, difficulty)
-    from rich.progress import Progress
+    from rich.progress import Progress  # optional: rich comes with the train extra only
 
     rng, labels = _stream(n, domain, seed, size, difficulty)  # same stream as synth_arrays
     images = []
-    from rich.console import Console
+    from rich.console import Console  # optional: rich comes with the train extra only
 
     with Progress(transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task(f"rendering {n} faces", total=n)

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +24,8 @@ from infantino.runtime.cachedir import CACHE_ENV
 from infantino.runtime.cachedir import cache_dir as runtime_cache_dir
 from infantino.runtime.contract.errors import InfantinoError
 from infantino.runtime.contract.layout import EXTRACTOR_FILE, HEAD_FILE, HEAD_STATE_FILE
+
+from .realface_guard import OVERRIDE_FLAG, GuardPolicy, RealFaceAgreement, RealFaceRegression
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ def _artifact_root_for(uri: str, artifact_root: str | None) -> str | None:
 def configure_tracking(uri: str | None = None, artifact_root: str | None = None) -> str:
     """Point MLflow (tracking and registry) at `uri`, $MLFLOW_TRACKING_URI, or the local SQLite default."""
     mlflow_env()
-    import mlflow
+    import mlflow  # heavy: mlflow, ~1.3 s to import
 
     chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     chosen = normalize_uri(chosen)
@@ -92,10 +95,10 @@ def _ensure_configured() -> None:
     """Adopt a URI the caller already gave MLflow (mlflow.set_tracking_uri), else configure the default."""
     if _state["uri"] is not None:
         return
-    from mlflow.tracking._tracking_service import utils as tracking_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils  # heavy: mlflow, ~1.3 s to import
 
     if tracking_utils.is_tracking_uri_set():
-        import mlflow
+        import mlflow  # heavy: mlflow, ~1.3 s to import
 
         mlflow_env()
         uri = mlflow.get_tracking_uri()
@@ -107,21 +110,21 @@ def _ensure_configured() -> None:
 def _uri() -> str:
     """The tracking URI MLflow uses right now (whoever set it)."""
     _ensure_configured()
-    import mlflow
+    import mlflow  # heavy: mlflow, ~1.3 s to import
 
     return mlflow.get_tracking_uri()
 
 
 def mlflow_client():
     _ensure_configured()
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # heavy: mlflow, ~1.3 s to import
 
     return MlflowClient()
 
 
 def ensure_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
     """The experiment's id, creating it (with the local artifact root) when missing."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow, ~1.3 s to import
 
     client = mlflow_client()
     exp = client.get_experiment_by_name(name)
@@ -179,7 +182,7 @@ class FitTracker:
         self._logged_params = set(self.client.get_run(self.run_id).data.params)
 
     def log_params(self, params: dict) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # heavy: mlflow, ~1.3 s to import
 
         new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in self._logged_params]
         if new:
@@ -187,9 +190,7 @@ class FitTracker:
             self._logged_params.update(p.key for p in new)
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        import time
-
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # heavy: mlflow, ~1.3 s to import
 
         ts = int(time.time() * 1000)
         ms = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
@@ -209,7 +210,7 @@ class FitTracker:
         first registered pair becomes `champion` when the models have none yet. Returns the registered versions.
         """
         mlflow_env()
-        import mlflow
+        import mlflow  # heavy: mlflow, ~1.3 s to import
 
         extractor_model, head_model = model_names(prefix)
         out = {"extractor_version": None, "head_version": None, "extractor_model_uri": None, "head_model_uri": None}
@@ -257,7 +258,7 @@ class FitTracker:
 
 
 def _alias_version(client, name: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow, ~1.3 s to import
 
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
@@ -283,8 +284,6 @@ def real_face_problems(version) -> list[str]:
 
 def _guard_problems(values: dict) -> list[str]:
     """The real-face guard's verdict on recorded figures (version tags or version metrics): [] = passes."""
-    from .realface_guard import GuardPolicy, RealFaceAgreement
-
     agree, conf, base = (_float(values.get(k)) for k in ("realface_agreement", "realface_agreement_confident",
                                                           "realface_baseline"))
     if agree is None or conf is None:
@@ -302,8 +301,6 @@ def promote(metric: str | None = "val_f1", mode: str = "auto", alias: str = CHAM
     The real-face guard: a head that fails it is never chosen (RealFaceRegression when none passes or the
     requested `version` fails), unless allow_real_face_regression.
     """
-    from .realface_guard import OVERRIDE_FLAG, RealFaceRegression
-
     EXTRACTOR_MODEL, HEAD_MODEL = model_names(prefix)  # noqa: N806 - shadow the defaults
     client = mlflow_client()
     if mode not in ("auto", "max", "min"):
@@ -370,7 +367,7 @@ def promote(metric: str | None = "val_f1", mode: str = "auto", alias: str = CHAM
 
 
 def _versions(client, name: str) -> list:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow, ~1.3 s to import
 
     try:
         return list(client.search_model_versions(f"name='{name}'"))
@@ -433,6 +430,7 @@ def cache_dir() -> Path:
 def _download(uri: str, dst: str | os.PathLike | None = None) -> Path:
     """Download an MLflow artefact URI; registry versions are cached (a version's files never change)."""
     _ensure_configured()
+    # heavy: mlflow, ~1.3 s to import:
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -539,7 +537,7 @@ def resolve_head(uri_or_path: str | os.PathLike, dst: str | os.PathLike | None =
 def model_version_info(name: str, alias: str = CHAMPION) -> dict:
     """Version number, run id and tags of `name@alias` (e.g. which extractor a head belongs to)."""
     client = mlflow_client()
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy: mlflow, ~1.3 s to import
 
     try:
         v = client.get_model_version_by_alias(name, alias)

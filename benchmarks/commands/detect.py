@@ -21,15 +21,23 @@ and with --bundle the share of the whole frame path (decode + Pipeline.predict_f
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .. import common
+from infantino.runtime.bundle import load_bundle
+from infantino.runtime.contract.atomic import atomic_write_bytes
+from infantino.runtime.face import Box, FaceOptions, create_detector, list_detectors
+from infantino.runtime.pipeline import Pipeline
+
+from .. import common, scenes as sc
 from .. import report as rpt
+from ..machine import describe, load_average
+from ..scenes import ROTATIONS, SCALES
 from ..timing import rotation as rotation_order
 
 log = logging.getLogger(__name__)
@@ -126,8 +134,6 @@ def parse_detectors(text: str, min_size: int, threads: int, largest_only: bool =
 
     track is off unless an entry says +track: the scenes are unrelated images, and a camera run compares
     searching every frame with following faces."""
-    from infantino.runtime.face import FaceOptions, list_detectors
-
     out = []
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         base, *extras = part.split("+")
@@ -172,8 +178,6 @@ def matches(box, gt: tuple[int, int, int, int], iou: float) -> bool:
 
 def _make_rows(row_cls, specs):
     """One row per detector spec; a detector that cannot be created keeps its row with the reason."""
-    from infantino.runtime.face import create_detector
-
     rows = []
     for key, opts in specs:
         r = row_cls(key, opts)
@@ -196,11 +200,6 @@ def run(args) -> int:
     if args.bundle is not None and not args.bundle.exists():
         raise FileNotFoundError(f"--bundle: no such bundle directory or .tar: {args.bundle}")
 
-    from infantino.runtime.face import create_detector
-
-    from .. import scenes as sc
-    from ..machine import describe, load_average
-
     rows = _make_rows(DetRow, specs)
 
     t0 = time.perf_counter()
@@ -219,7 +218,7 @@ def run(args) -> int:
     examples = _example_indices(frames)
 
     console = rpt.make_console(stderr=True)
-    from rich.progress import Progress
+    from rich.progress import Progress  # optional: rich comes with the train extra only
 
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task("detect frames", total=args.warmup + len(frames))
@@ -320,20 +319,11 @@ class CamRow:
 
 def _camera_run(args, specs: list, console) -> dict:
     """Run the camera clip through every camera detector, frame by frame in rotating order (see module doc)."""
-    import tempfile
-
-    import cv2
-
-    from infantino.runtime.face import Box
-
-    from .. import scenes as sc
+    import cv2  # optional: OpenCV (device/train extras)
 
     rows = _make_rows(CamRow, specs)
     bundle = None
     if args.bundle is not None:
-        from infantino.runtime.bundle import load_bundle
-        from infantino.runtime.pipeline import Pipeline
-
         bundle = load_bundle(args.bundle, public_key=args.public_key)
         for r in rows:
             if r.failure is None:
@@ -360,7 +350,7 @@ def _camera_run(args, specs: list, console) -> dict:
         if not cap.isOpened():
             raise RuntimeError(f"OpenCV cannot read back {video}")
         decode_ms: list[float] = []
-        from rich.progress import Progress
+        from rich.progress import Progress  # optional: rich comes with the train extra only
 
         with Progress(console=console, transient=True) as prog:
             task = prog.add_task("camera frames", total=len(clip))
@@ -485,8 +475,6 @@ def _camera_summary(r: CamRow, clip: list, decode_ms: list[float]) -> dict:
 
 
 def _renumber(s, offset: int):
-    from dataclasses import replace
-
     return replace(s, face_index=s.face_index + offset)
 
 
@@ -497,8 +485,6 @@ def _ordered(scenes: list, order: str, seed: int) -> list:
     mixed = [scenes[i] for i in idx]
     if order == "shuffled":
         return mixed
-    from ..scenes import ROTATIONS
-
     rank = {r: i for i, r in enumerate(ROTATIONS)}
     return sorted(mixed, key=lambda s: rank.get(s.rotation, len(rank)))
 
@@ -573,8 +559,6 @@ def _info(r: DetRow) -> str:
 
 def _breakdown(rows: list[DetRow], faces: list, empty: list) -> dict:
     """Recall by rotation, scale and source (photo / lfw), and false-face rate by background kind."""
-    from ..scenes import ROTATIONS, SCALES
-
     live = [r for r in rows if r.failure is None]
     out: dict = {"recall_by_rotation": {}, "recall_by_scale": {}, "recall_by_source": [], "fp_by_kind": []}
     for name, values, attr in (("rotation", ROTATIONS, "rotation"), ("scale", SCALES, "scale")):
@@ -658,9 +642,7 @@ def _plot_recall(report: dict, path: Path) -> Path:
 
 def draw_examples(frames: list, indices: list[int], rows: list[DetRow], path: Path) -> Path:
     """A grid of example frames: ground truth (white), each detector's boxes in its colour, BlazeFace keypoints."""
-    import cv2
-
-    from infantino.runtime.contract.atomic import atomic_write_bytes
+    import cv2  # optional: OpenCV (device/train extras)
 
     colours = [(0, 200, 255), (255, 120, 0), (0, 0, 255), (200, 0, 200), (0, 160, 0)]
     tiles = []

@@ -16,11 +16,17 @@ from typing import Optional
 
 import numpy as np
 
+from infantino.runtime.backends.registry import get_backend_class, list_backends
+from infantino.runtime.bundle import load_bundle
+from infantino.runtime.contract.preprocess import preprocess
+
 from .. import common
 from .. import report as rpt
 from ..accuracy import accuracy, load_labelled_folder, parity, to_layout
 from ..engines import (PEER_BACKENDS, TORCH_BACKENDS, Engine, EngineFailed, fer_tflite_engine,
                        load_torch_model, runtime_engine, torch_engine)
+from ..flops import onnx_flops, torch_flops
+from ..machine import describe, load_average, measure_peak_flops
 from ..rss import RssProbe
 from ..timing import TimedRow, run_interleaved, summarize
 
@@ -116,8 +122,6 @@ class BundleCtx:
 
 
 def _valid_backends() -> list[str]:
-    from infantino.runtime.backends.registry import list_backends
-
     return list_backends() + list(TORCH_BACKENDS) + list(PEER_BACKENDS)
 
 
@@ -136,8 +140,6 @@ def _validate(args) -> None:
 
 
 def _load_bundles(args, threads) -> list[BundleCtx]:
-    from infantino.runtime.bundle import load_bundle
-
     ctxs, tags = [], set()
     for i, path in enumerate(args.bundle):
         b = load_bundle(path, public_key=args.public_key)
@@ -185,8 +187,6 @@ def _attach_checkpoints(args, ctxs: list[BundleCtx], wanted: set[str]) -> None:
 
 
 def _count_flops(ctx: BundleCtx) -> None:
-    from ..flops import onnx_flops, torch_flops
-
     onnx_art = next((a for a in ctx.bundle.manifest.artifacts if a.format == "onnx" and a.precision == "fp32"), None)
     try:
         if onnx_art is not None:
@@ -205,8 +205,6 @@ def _sample_shape(ctx: BundleCtx, size: int) -> tuple[int, int, int]:
 
 
 def _plans(ctx: BundleCtx, idx: int, backends: Optional[list[str]], precisions: Optional[list[str]]) -> list[Plan]:
-    from infantino.runtime.backends.registry import get_backend_class, list_backends
-
     out: list[Plan] = []
     explicit = backends is not None
     names = backends if explicit else list_backends() + list(TORCH_BACKENDS) + (
@@ -271,7 +269,7 @@ def _timing_input(ctx: BundleCtx, size: int, batch: int, layout: str, rng: np.ra
 
 
 def _resize_nchw(x: np.ndarray, h: int, w: int) -> np.ndarray:
-    import cv2
+    import cv2  # optional: OpenCV (device/train extras)
 
     out = []
     for s in x:
@@ -301,8 +299,6 @@ def run(args) -> int:
     iters, seconds = common.timing_budget(args)
     batches = list(args.batch)
 
-    from ..machine import describe, load_average
-
     machine = describe(threads=threads, peak=not args.no_peak and args.peak_gflops is None)
     if args.peak_gflops is not None and not args.no_peak:
         machine["peak"] = {"peak_gflops": args.peak_gflops, "method": "given with --peak-gflops"}
@@ -312,8 +308,6 @@ def run(args) -> int:
     labelled = None
     if args.data is not None:
         labelled = load_labelled_folder(args.data, ctxs[0].bundle.classes, args.data_limit)
-        from infantino.runtime.contract.preprocess import preprocess
-
         for ctx in ctxs:
             if list(ctx.bundle.classes) != list(labelled.classes):
                 raise ValueError(f"--data: bundles have different class lists ({ctx.tag})")
@@ -400,8 +394,6 @@ def run(args) -> int:
 def _remeasure_peak(machine: dict, threads: int) -> None:
     """Measure peak FLOP/s again after timing and keep the higher: a peak is what the cores do when left alone,
     and on a shared machine either measurement may have met a burst of load."""
-    from ..machine import measure_peak_flops
-
     peak = machine.get("peak")
     if not peak or "best_s" not in peak:
         return
@@ -467,6 +459,7 @@ def _quality(plans: list[Plan], idx: int, ctx: BundleCtx, labelled) -> None:
 
 
 def _time(timed: list[TimedRow], warmup: int, iters, seconds, console) -> int:
+    # optional: rich comes with the train extra only
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     if not timed:

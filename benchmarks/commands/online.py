@@ -17,15 +17,24 @@ mini-Xception).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
+from infantino.runtime.contract import head_update, signing
+from infantino.trainer.online_eval import (SkewedShift, forgetting, forgetting_skewed, initial_head, learn_one_latency,
+                                           load_domains, plot_skewed, seed_list, stream_indices)
+from infantino.trainer.online_head import OnlineHeadConfig
+
 from .. import common
 from .. import report as rpt
+from ..machine import describe, load_average
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +46,6 @@ TABLE_COLUMNS = (("key", "measure", ""), ("status", "status", ""), ("value", "va
 
 
 def add_arguments(p) -> None:
-    from infantino.trainer.online_eval import seed_list  # sklearn: loaded only when this subcommand is chosen
-
     p.add_argument("--sections", default="all", help=f"comma list of {', '.join(SECTIONS)}, or all (default)")
     p.add_argument("--source", choices=("gaussian", "synth"), default="gaussian",
                    help="embeddings: Gaussian mixture with a domain shift (fast, default) or generator images "
@@ -71,8 +78,6 @@ def add_arguments(p) -> None:
 
 
 def _scale(text: str) -> float:
-    import argparse
-
     try:
         v = float(text)
     except ValueError:
@@ -91,8 +96,6 @@ def _pct(values_ms) -> dict:
 # ---- sections --------------------------------------------------------------------------------------------------
 def _data(args, cache: dict):
     if "data" not in cache:
-        from infantino.trainer.online_eval import load_domains
-
         kw = {}
         if args.source == "synth":
             kw = {"feature_map": args.feature_map, "progress": False}
@@ -102,21 +105,12 @@ def _data(args, cache: dict):
 
 def section_learn_one(args, cache) -> dict:
     """trainer.online_eval.learn_one_latency plus our own p99 from the raw times."""
-    from infantino.trainer.online_eval import learn_one_latency
-    from infantino.trainer.online_head import OnlineHeadConfig
-
     r = learn_one_latency(_data(args, cache), OnlineHeadConfig(seed=args.seed), n=args.n, warmup=args.warmup)
     return r
 
 
 def section_updates(args, cache) -> dict:
     """Sizes of full/delta updates after each learn_one, and the device-side apply time of each kind."""
-    from dataclasses import replace
-
-    from infantino.runtime.contract import head_update, signing
-    from infantino.trainer.online_eval import initial_head, stream_indices
-    from infantino.trainer.online_head import OnlineHeadConfig
-
     data = _data(args, cache)
     cfg = OnlineHeadConfig(seed=args.seed)
     head = initial_head(data, replace(cfg, calib_holdout=0.0), epochs=5)
@@ -160,13 +154,11 @@ def section_broker(args, cache) -> dict:
     if args.broker is None:
         raise SectionSkipped("no --broker given (use --broker local to start Mosquitto, or HOST:PORT)")
     try:
-        from infantino.benchmarks import loopbench
+        from infantino.benchmarks import loopbench  # optional (see except)
     except ImportError as e:
         raise SectionFailed(f"infantino.benchmarks.loopbench is not available: {e}") from None
     broker = None  # None: loopbench starts its own Mosquitto on a free loopback port
     if args.broker != "local":
-        from types import SimpleNamespace
-
         host, _, port = args.broker.rpartition(":")
         broker = SimpleNamespace(host=host, port=int(port))
     with tempfile.TemporaryDirectory(prefix="infantino-bench-loop-") as work:
@@ -175,19 +167,12 @@ def section_broker(args, cache) -> dict:
 
 
 def section_forgetting(args, cache) -> dict:
-    from infantino.trainer.online_eval import forgetting
-    from infantino.trainer.online_head import OnlineHeadConfig
-
     return forgetting(_data(args, cache), OnlineHeadConfig(seed=args.seed), n_stream=args.stream,
                       seed=args.seed, curve_every=args.curve_every)
 
 
 def section_skewed(args, cache) -> dict:
     """forgetting_skewed on the SkewedShift scenario (sizes scaled by --skewed-scale), over --skewed-seeds."""
-    from dataclasses import replace
-
-    from infantino.trainer.online_eval import SkewedShift, forgetting_skewed
-
     sc = SkewedShift()
     k = args.skewed_scale
     sc = replace(sc, **{f: max(50, int(round(getattr(sc, f) * k)))
@@ -266,8 +251,6 @@ def run(args) -> int:
         host, _, p = args.broker.rpartition(":")
         if not host or not p.isdigit():
             raise ValueError(f"--broker must be HOST:PORT or local, got {args.broker!r}")
-    from ..machine import describe, load_average
-
     machine = describe(threads=None, peak=not args.no_peak)
     rows, details, cache = [], {}, {}
     console = rpt.make_console(stderr=True)
@@ -311,8 +294,6 @@ def _plots(report: dict, out: Path) -> list[Path]:
                                     "streamed samples", "accuracy"))
     sk = (report.get("sections") or {}).get("skewed")
     if sk:
-        from infantino.trainer.online_eval import plot_skewed
-
         path = out / "online_skewed.png"
         plot_skewed(sk, path)
         files.append(path)

@@ -18,8 +18,15 @@ from typing import Optional
 
 import numpy as np
 
+from infantino.runtime.backends.registry import list_backends
+from infantino.runtime.bundle import load_bundle
+from infantino.runtime.face import FaceOptions, create_detector
+from infantino.runtime.pipeline import Pipeline
+from infantino.runtime.sources import open_source
+
 from .. import common
 from .. import report as rpt
+from ..machine import describe, load_average
 from ..timing import rotation
 
 log = logging.getLogger(__name__)
@@ -77,8 +84,6 @@ class PipeRow:
 
 def parse_backends(text: str) -> list[tuple[str, Optional[str]]]:
     """"auto,tflite:int8" -> [("auto", None), ("tflite", "int8")], names checked against the registry."""
-    from infantino.runtime.backends.registry import list_backends
-
     out = []
     for part in [p.strip() for p in text.split(",") if p.strip()]:
         name, _, prec = part.partition(":")
@@ -97,13 +102,6 @@ def run(args) -> int:
     if not args.bundle.exists():
         raise FileNotFoundError(f"--bundle: no such bundle directory or .tar: {args.bundle}")
     threads = common.default_threads(args)
-
-    from infantino.runtime.bundle import load_bundle
-    from infantino.runtime.face import FaceOptions, create_detector
-    from infantino.runtime.pipeline import Pipeline
-    from infantino.runtime.sources import open_source
-
-    from ..machine import describe, load_average
 
     chosen = {k: v for k, v in (("detector", args.detector), ("model", args.detector_model)) if v is not None}
     face = FaceOptions(detect_max_side=args.detect_max_side, largest_only=not args.all_faces, **chosen)
@@ -132,7 +130,7 @@ def run(args) -> int:
     decode_ms: list[float] = []
     n_total = args.warmup + args.frames
     console = rpt.make_console(stderr=True)
-    from rich.progress import Progress
+    from rich.progress import Progress  # optional: rich comes with the train extra only
 
     frames_iter = iter(source)
     try:

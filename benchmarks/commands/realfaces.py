@@ -10,8 +10,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from infantino.runtime.bundle import load_bundle
+from infantino.runtime.contract.head import Head
+from infantino.runtime.face import FaceOptions, create_detector
+
 from .. import common
 from .. import report as rpt
+from ..machine import describe
+from ..realfaces import measure
 from .pipeline import parse_backends
 
 log = logging.getLogger(__name__)
@@ -44,13 +50,6 @@ def run(args) -> int:
     common.check_output_paths(args)
     if not args.bundle.exists():
         raise FileNotFoundError(f"--bundle: no such bundle directory or .tar: {args.bundle}")
-    from infantino.runtime.bundle import load_bundle
-    from infantino.runtime.face import FaceOptions, create_detector
-    from infantino.runtime.contract.head import Head
-
-    from ..machine import describe
-    from ..realfaces import measure
-
     create_detector(FaceOptions(detector=args.detector))  # unknown names fail before any work
     bundle = load_bundle(args.bundle, public_key=args.public_key)
     head = None

@@ -15,14 +15,17 @@ import os
 import sys
 
 from infantino.runtime.cliutil import EXIT_FAILURE
+from ..choices import split_list
+from ..formats import get_format, list_formats
+from ..parity import parse_threshold_override
+from ..pipeline import CompileFailed, CompileOptions, compile_bundle
+from ..targets import get_target
 
 PROG = "infantino-compile"
 HELP = "compile an extractor + head into a signed bundle (the default command)"
 
 
 def add_arguments(p) -> None:
-    from ..formats import list_formats
-
     p.add_argument("--model", required=True, help="extractor: extractor.pt, a trainer output folder, or "
                    "models:/infantino-extractor@champion")
     p.add_argument("--target", default="x64", help="device profile: x64, arm64, jetson (default x64)")
@@ -74,12 +77,6 @@ def add_arguments(p) -> None:
 
 def _options(args):
     """Typed CompileOptions from the parsed arguments; per-format flags only for formats being built."""
-    from ..choices import split_list
-    from ..formats import get_format, list_formats
-    from ..parity import parse_threshold_override
-    from ..pipeline import CompileOptions
-    from ..targets import get_target
-
     target = get_target(args.target)
     formats = split_list(args.formats) or list(target.formats)
     for n in formats:
@@ -111,8 +108,6 @@ def _options(args):
 
 
 def run(args) -> int:
-    from ..pipeline import CompileFailed, compile_bundle
-
     _quiet_converters(args)
     options = _options(args)
     display = not args.quiet and sys.stderr.isatty()
@@ -142,7 +137,7 @@ def _quiet_converters(args) -> None:
 
 def print_result(result) -> None:
     """The table of artifacts (size, conversion time, speed, parity) and where the bundle went."""
-    from rich.table import Table
+    from rich.table import Table  # optional: rich comes with the train extra only
 
     console = rich_console()
     t = Table(title=f"bundle: {result.bundle_dir or 'NOT WRITTEN (parity gate failed)'}")
@@ -179,7 +174,7 @@ def print_result(result) -> None:
 
 def rich_console():
     """A rich console; wide enough for the tables when output goes to a file or pipe."""
-    from rich.console import Console
+    from rich.console import Console  # optional: rich comes with the train extra only
 
     console = Console()
     if not console.is_terminal:

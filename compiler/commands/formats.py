@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..formats import list_formats
+from ..targets import list_targets
 from .compile import rich_console
 
 HELP = "list targets and export formats"
@@ -12,11 +14,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    # optional: rich comes with the train extra only:
     from rich.markup import escape
     from rich.table import Table
-
-    from ..formats import list_formats
-    from ..targets import list_targets
 
     console = rich_console()
     t = Table(title="targets")

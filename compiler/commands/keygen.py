@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ..bundle_writer import keygen
+
 HELP = "create the Ed25519 signing key pair"
 
 

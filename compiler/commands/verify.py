@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from infantino.runtime.bundle import load_bundle  # the runtime's verifier: one code path for device and CLI
+
 HELP = "verify a bundle as a device would"
 
 
@@ -11,8 +13,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from infantino.runtime.bundle import load_bundle  # the runtime's verifier: one code path for device and CLI
-
     b = load_bundle(args.bundle, public_key=args.pub)
     m = b.manifest
     failed = [e.file for e in m.parity if not e.passed]

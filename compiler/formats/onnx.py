@@ -40,7 +40,7 @@ class OnnxExporter(Exporter):
     """Writes extractor.onnx (NCHW, batch axis dynamic)."""
 
     def export(self, ctx: ExportContext, precision: str, layout: str) -> list[Artifact]:
-        import onnx
+        import onnx  # heavy, optional: compile extra
 
         path = ctx.bundle_dir / ONNX_FILE
         with Timer() as t:
@@ -72,13 +72,14 @@ class OnnxExporter(Exporter):
 
 
 def _sample(ctx: ExportContext, batch: int = 2):
-    import torch
+    import torch  # heavy: torch, ~1.3 s to import (train/compile extras)
 
     return torch.from_numpy(ctx.calib[:1].repeat(batch, axis=0).copy()) if len(ctx.calib) else \
         torch.randn(batch, *ctx.input_shape)
 
 
 def _export_dynamo(ctx: ExportContext, path, opset: int) -> None:
+    # heavy: torch, ~1.3 s to import (train/compile extras):
     import torch
     from torch.export import Dim
 
@@ -94,7 +95,7 @@ def _export_dynamo(ctx: ExportContext, path, opset: int) -> None:
 
 
 def _export_torchscript(ctx: ExportContext, path, opset: int) -> None:
-    import torch
+    import torch  # heavy: torch, ~1.3 s to import (train/compile extras)
 
     x = _sample(ctx, 2)
     with warnings.catch_warnings():
@@ -105,7 +106,7 @@ def _export_torchscript(ctx: ExportContext, path, opset: int) -> None:
 
 
 def _slim(model):
-    import onnxslim
+    import onnxslim  # heavy, optional: compile extra (~0.4 s)
 
     try:
         slim = onnxslim.slim(model)

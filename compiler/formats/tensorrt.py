@@ -124,7 +124,7 @@ class TensorRTExporter(Exporter):
 
 def prepare_onnx(src, dst) -> None:
     """Copy the fp32 ONNX for TensorRT: static C/H/W with inferred shapes, dynamic batch kept, metadata kept."""
-    import onnx
+    import onnx  # heavy, optional: compile extra
 
     model = onnx.load(str(src))
     inp = model.graph.input[0].type.tensor_type.shape.dim

@@ -10,6 +10,7 @@ ONNX stays the single source); it runs in a subprocess, on a copy of the ONNX, o
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -73,8 +74,6 @@ class TFLiteExporter(Exporter):
     def unavailable_reason(self) -> Optional[str]:
         conv = self.options.converter
         missing = []
-        import importlib.util
-
         for mod in _REQUIRES[conv]:
             try:
                 if importlib.util.find_spec(mod) is None:
@@ -131,7 +130,7 @@ class TFLiteExporter(Exporter):
         return out, "litert-torch + ai-edge-quantizer static int8 (float I/O)"
 
     def _litert_fp32(self, ctx, module, sample) -> Path:
-        import litert_torch
+        import litert_torch  # heavy, optional: litert-torch, ~4 s to import (compile extra)
 
         out = ctx.work_dir / "tflite_fp32.tflite"
         edge = litert_torch.convert(module, sample)
@@ -162,7 +161,7 @@ def _layout_module(model, layout: str):
     """The module to convert: NHWC input means a transpose in front (folded into the first conv by LiteRT)."""
     if layout == "NCHW":
         return model
-    import torch
+    import torch  # heavy: torch, ~1.3 s to import (train/compile extras)
 
     class NHWCInput(torch.nn.Module):
         def __init__(self, inner):
@@ -180,14 +179,14 @@ def _calib_in_layout(calib: np.ndarray, layout: str) -> np.ndarray:
 
 
 def _torch_sample(ctx: ExportContext, layout: str):
-    import torch
+    import torch  # heavy: torch, ~1.3 s to import (train/compile extras)
 
     x = ctx.calib[:1] if len(ctx.calib) else np.zeros((1, *ctx.input_shape), np.float32)
     return torch.from_numpy(_calib_in_layout(np.ascontiguousarray(x, dtype=np.float32), layout).copy())
 
 
 def _io_names(path: Path) -> tuple[str, str]:
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter  # optional: LiteRT (device/compile extras)
 
     it = Interpreter(model_path=str(path))
     ins, outs = it.get_input_details(), it.get_output_details()
@@ -215,6 +214,7 @@ def _captured_prints():
 # ---- helpers: quantisation ---------------------------------------------------------------------------------
 def _aeq_fp16(fp32: Path, out: Path) -> None:
     """fp16 weights (float casting): half the size; XNNPACK runs them in fp16 where the CPU can, else fp32."""
+    # optional: ai-edge-quantizer (compile extra), ~0.4 s to import:
     from ai_edge_quantizer import qtyping, quantizer
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -227,6 +227,7 @@ def _aeq_fp16(fp32: Path, out: Path) -> None:
 
 def _aeq_int8(fp32: Path, calib: np.ndarray, out: Path) -> None:
     """Static int8 (int8 weights per channel, int8 activations) with float32 input and output kept."""
+    # optional: LiteRT and ai-edge-quantizer (compile extra; the quantizer takes ~0.4 s to import):
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import qtyping, quantizer, recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
@@ -246,6 +247,7 @@ def _aeq_int8(fp32: Path, calib: np.ndarray, out: Path) -> None:
 
 def _pt2e_int8(module, sample, calib: np.ndarray, out: Path) -> None:
     """PT2E: export, insert observers, calibrate on the images, convert; litert-torch lowers the QDQ graph."""
+    # heavy, optional (compile extra; litert-torch ~4 s, torch ~1.3 s to import):
     import litert_torch
     import torch
     from litert_torch.quantize import pt2e_quantizer
@@ -263,9 +265,9 @@ def _pt2e_int8(module, sample, calib: np.ndarray, out: Path) -> None:
             gm(torch.from_numpy(calib[i:i + 1].copy()))
     gm = quantize_pt2e.convert_pt2e(gm, fold_quantize=False)
     try:  # an exported GraphModule cannot .eval(); this switches its BN/dropout ops to inference behaviour
-        from torchao.quantization.pt2e import move_exported_model_to_eval
+        from torchao.quantization.pt2e import move_exported_model_to_eval  # heavy, optional (as above)
     except ImportError:  # pragma: no cover - older torchao
-        from torch.ao.quantization import move_exported_model_to_eval
+        from torch.ao.quantization import move_exported_model_to_eval  # heavy, optional (as above)
     gm = move_exported_model_to_eval(gm)
     gm.training = False  # the flag litert-torch checks (exported modules refuse .eval())
     edge = litert_torch.convert(gm, sample, quant_config=QuantConfig(pt2e_quantizer=quant))
@@ -309,8 +311,6 @@ def run_onnx2tf(onnx_path: Path, out_dir: Path, calib_nchw: np.ndarray, int8: bo
     simplified by onnxslim). One call writes float32, float16 and (with calibration data) int8 models.
     """
     try:
-        import importlib.util
-
         if importlib.util.find_spec("onnx2tf") is None or importlib.util.find_spec("tensorflow") is None:
             raise ImportError
     except ImportError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from infantino.device.remote import send_command
 from infantino.runtime.contract.classes import CLASSES
 
 HELP = "label a recent frame (publishes its embedding + label for online learning)"
@@ -20,8 +21,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from infantino.device.remote import send_command
-
     reply = send_command(args.config, {"command": "label", "label": args.label, "frame_id": args.frame_id,
                                        "annotator": args.annotator}, timeout=args.timeout)
     print(json.dumps(reply, indent=2))

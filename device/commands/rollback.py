@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import json
 
+from infantino.device.config import load_device_config
+from infantino.device.head_store import HeadStore
+from infantino.device.remote import send_command
+from infantino.runtime.bundle import load_bundle
+
 HELP = "roll back to the previous head"
 
 
@@ -17,10 +22,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     if args.local:
-        from infantino.device.config import load_device_config
-        from infantino.device.head_store import HeadStore
-        from infantino.runtime.bundle import load_bundle
-
         cfg = load_device_config(args.config)
         bundle = load_bundle(cfg.bundle, public_key=cfg.public_key)
         with HeadStore(cfg.state_dir) as store:
@@ -28,8 +29,6 @@ def run(args) -> int:
             good = store.rollback()
         print(f"rolled back from head v{before.version} to v{good.version} in {cfg.state_dir}")
         return 0
-    from infantino.device.remote import send_command
-
     reply = send_command(args.config, {"command": "rollback"}, timeout=args.timeout)
     print(json.dumps(reply, indent=2))
     return 0

@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import signal
 
+from infantino.device.config import load_device_config
+from infantino.device.daemon import BundleFacts, DeviceDaemon
+from infantino.runtime.bundle import load_bundle
+from infantino.runtime.pipeline import Pipeline
+from infantino.runtime.sources import open_source, source_kind
+
 HELP = "run the camera daemon"
 
 
@@ -18,10 +24,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from infantino.device.config import load_device_config
-    from infantino.device.daemon import BundleFacts, DeviceDaemon
-    from infantino.runtime.bundle import load_bundle
-
     cfg = load_device_config(args.config)
     bundle = load_bundle(cfg.bundle, public_key=cfg.public_key)
     facts = BundleFacts.from_bundle(bundle)
@@ -125,6 +127,4 @@ def check(cfg, bundle, facts, skip_camera: bool = False) -> int:
 
 
 def _is_live(spec) -> bool:
-    from infantino.runtime.sources import source_kind
-
     return source_kind(spec) not in ("file", "folder", "image")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from infantino.device.remote import read_status
+
 HELP = "show the device's last status"
 
 
@@ -13,7 +15,5 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from infantino.device.remote import read_status
-
     print(json.dumps(read_status(args.config, timeout=args.timeout), indent=2))
     return 0

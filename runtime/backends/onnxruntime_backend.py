@@ -8,6 +8,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import Field
 
+from ..bundle import cache_dir
 from ..contract.errors import BackendUnavailable
 from .base import Backend, BackendConfig
 from .registry import register_backend
@@ -34,7 +35,7 @@ class OnnxRuntimeConfig(BackendConfig):
 
 def _ort():
     try:
-        import onnxruntime
+        import onnxruntime  # optional: in the device extra, not the base install
     except ImportError as e:
         raise BackendUnavailable(INSTALL_HINT) from e
     return onnxruntime

@@ -18,11 +18,13 @@ from typing import Any, Callable, Optional
 import numpy as np
 from pydantic import Field
 
+from ..bundle import cache_dir
 from ..contract.atomic import atomic_write_bytes, atomic_write_text
 from ..contract.errors import BackendUnavailable, InfantinoError
+from . import tensorrt_build
 from .base import Backend, BackendConfig
 from .registry import has_nvidia_gpu, register_backend
-from .tensorrt_build import check_cuda, import_trt
+from .tensorrt_build import TensorRTSettings, build_unavailable_reason, check_cuda, import_trt
 from .tensorrt_build import cudart as load_cudart
 
 log = logging.getLogger(__name__)
@@ -109,8 +111,6 @@ class TensorRTBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls) -> Optional[str]:
-        from .tensorrt_build import build_unavailable_reason
-
         if not has_nvidia_gpu():
             try:
                 import_trt()
@@ -134,8 +134,6 @@ class TensorRTBackend(Backend):
     # ---- building / loading ---------------------------------------------------------------------
     def _settings(self) -> dict:
         """Normalised build settings: the artifact's, else defaults for a plain ONNX, plus config overrides."""
-        from .tensorrt_build import TensorRTSettings
-
         s = dict(self.artifact.tensorrt or {})
         if not s:
             c, h, w = self.sample_shape
@@ -164,8 +162,6 @@ class TensorRTBackend(Backend):
     def _load(self) -> None:
         trt = import_trt()
         self.cudart = cudart = load_cudart()
-        from . import tensorrt_build
-
         check_cuda(cudart.cudaSetDevice(self.config.device))
         gpu = tensorrt_build.host_info(self.config.device)["gpu_name"]
         self.trt_logger = trt.Logger(trt.Logger.WARNING)

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..contract.atomic import atomic_write_bytes
 from ..contract.errors import BackendUnavailable, InfantinoError
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def plan_cache_name(onnx_sha256: str, settings: dict | TensorRTSettings | None =
 def import_trt():
     """The tensorrt module, or BackendUnavailable naming the extra to install."""
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # optional: NVIDIA machines only (infantino[tensorrt])
     except Exception as e:  # ImportError, or OSError when libnvinfer is missing
         raise BackendUnavailable(f"tensorrt: not installed: {INSTALL_HINT} ({type(e).__name__}: {e})") from e
     return trt
@@ -116,10 +117,10 @@ def import_trt():
 def cudart():
     """The CUDA runtime bindings of cuda-python (new or old layout), or BackendUnavailable."""
     try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+        from cuda.bindings import runtime as cudart  # optional (infantino[tensorrt]); cuda-python >= 12.6
     except ImportError:
         try:
-            from cuda import cudart  # older cuda-python
+            from cuda import cudart  # optional (infantino[tensorrt]); older cuda-python
         except ImportError as e:
             raise BackendUnavailable(f"tensorrt: CUDA Python bindings missing: {INSTALL_HINT}") from e
     return cudart
@@ -272,8 +273,6 @@ def make_calibrator(trt, settings: TensorRTSettings, folder: str | os.PathLike):
         def write_calibration_cache(self, blob):
             if cache is not None:
                 try:
-                    from ..contract.atomic import atomic_write_bytes
-
                     atomic_write_bytes(cache, bytes(blob))
                 except OSError as e:  # a read-only bundle folder: the cache is an optimisation only
                     log.warning("cannot write TensorRT calibration cache %s: %s", cache, e)

@@ -28,7 +28,7 @@ class TFLiteConfig(BackendConfig):
 
 def _litert():
     try:
-        from ai_edge_litert import interpreter
+        from ai_edge_litert import interpreter  # optional: in the device extra, not the base install
     except ImportError as e:
         raise BackendUnavailable(INSTALL_HINT) from e
     return interpreter

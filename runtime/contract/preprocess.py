@@ -7,6 +7,8 @@ from typing import Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .errors import BackendUnavailable
+
 
 class PreprocessSpec(BaseModel):
     """How a face crop becomes the extractor's input tensor: resize, colour order, scale, mean/std."""
@@ -49,10 +51,8 @@ class PreprocessSpec(BaseModel):
 
 def _cv2():
     try:
-        import cv2
+        import cv2  # optional: in the device extra, not the base install
     except ImportError as e:  # pragma: no cover - install profile
-        from .errors import BackendUnavailable
-
         raise BackendUnavailable(
             "preprocessing needs OpenCV 4.x: pip install 'opencv-python-headless>=4.10,<5'"
         ) from e

@@ -12,6 +12,7 @@ from .errors import BackendUnavailable, SignatureError
 
 def _crypto():
     try:
+        # optional: in the device extra, not the base install:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError as e:  # pragma: no cover - depends on the install profile
@@ -109,7 +110,7 @@ class TrustedKeys:
 
 def verify(public_key, signature: bytes, data: bytes) -> None:
     """Raise SignatureError unless `signature` is a valid signature of `data` by `public_key`."""
-    from cryptography.exceptions import InvalidSignature
+    from cryptography.exceptions import InvalidSignature  # optional: in the device extra, not the base install
 
     try:
         public_key.verify(signature, data)

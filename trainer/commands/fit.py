@@ -7,6 +7,7 @@ into --out. The MLflow store defaults to sqlite:///./mlflow.db (local, no networ
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 
 # Before torch loads OpenMP: spinning threads collapse throughput on a shared or loaded machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -15,7 +16,7 @@ HELP = "train the extractor and head on an image folder or FER-2013 CSV"
 
 
 def add_arguments(p) -> None:
-    from infantino.trainer.fit import MONITORS, FitConfig
+    from infantino.trainer.fit import MONITORS, FitConfig  # heavy: trainer.fit imports torch (~1.3 s)
 
     d = FitConfig(data="")
     p.add_argument("--data", required=True, help="image folder (one sub-folder per class) or FER-2013 .csv")
@@ -79,9 +80,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from dataclasses import fields
-
-    from infantino.trainer.fit import FitConfig, fit
+    from infantino.trainer.fit import FitConfig, fit  # heavy: trainer.fit imports torch (~1.3 s)
 
     cfg = FitConfig(**{f.name: getattr(args, f.name) for f in fields(FitConfig) if hasattr(args, f.name)})
     res = fit(cfg)

@@ -9,7 +9,10 @@ or {"image": "face.png", "labels": ["sad", "sad", "fear"]} or {"embedding": [...
 
 from __future__ import annotations
 
+import json
 import os
+
+from infantino.trainer.online_session import OnlineSession, SessionConfig
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -17,8 +20,6 @@ HELP = "learn online from a stream of labelled samples (folder, .npz, .jsonl or 
 
 
 def add_arguments(p) -> None:
-    from infantino.trainer.online_session import SessionConfig
-
     d = SessionConfig()
     p.add_argument("--data", required=True, help="image folder, .npz, .jsonl, or - (JSON lines on stdin)")
     p.add_argument("--head", help="head folder (with head_state.pkl) or MLflow URI "
@@ -49,10 +50,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import json
-
-    from infantino.trainer.online_session import OnlineSession, SessionConfig
-
     settings = {k: v for k, v in {
         "replay_mix": args.replay_mix, "replay_policy": args.replay_policy, "anchor_strength": args.anchor_strength,
         "coverage": args.coverage, "calib_holdout": args.calib_holdout, "ambiguity": args.ambiguity,

@@ -3,7 +3,11 @@ with an extractor and a head, and print label, entropy and the conformal predict
 
 from __future__ import annotations
 
+import json
 import os
+
+from infantino.trainer import tracking
+from infantino.trainer.predictor import Predictor, resolve_model_pair
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -22,11 +26,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import json
-
-    from infantino.trainer import tracking
-    from infantino.trainer.predictor import Predictor, resolve_model_pair
-
     if args.tracking_uri or not args.head or tracking.is_mlflow_uri(args.head):
         tracking.configure_tracking(args.tracking_uri)
     ext, head_dir = resolve_model_pair(args.head, args.extractor, args.registry_prefix)

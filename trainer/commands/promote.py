@@ -4,6 +4,8 @@ models:/infantino-head@champion."""
 
 from __future__ import annotations
 
+from infantino.trainer import tracking
+
 HELP = "give the champion alias to the best registered extractor + head"
 
 
@@ -23,8 +25,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from infantino.trainer import tracking
-
     tracking.configure_tracking(args.tracking_uri)
     p = tracking.promote(metric=args.metric, mode=args.mode, alias=args.alias, version=args.version,
                           prefix=args.registry_prefix, allow_real_face_regression=args.allow_real_face_regression)

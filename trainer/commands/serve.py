@@ -4,7 +4,11 @@ Stops cleanly on SIGTERM/SIGINT (publishes what it learned, persists, acknowledg
 
 from __future__ import annotations
 
+import argparse
 import signal
+
+from infantino.runtime.cliutil import guarded, setup_logging
+from infantino.trainer.service import UpdateService, load_service_config
 
 HELP = "serve online head updates to a fleet over MQTT"
 
@@ -16,8 +20,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from infantino.trainer.service import UpdateService, load_service_config
-
     cfg = load_service_config(args.config)
     svc = UpdateService(cfg, read_only=args.check)
     if args.check:
@@ -37,10 +39,6 @@ def run(args) -> int:
 def main(argv=None) -> int:
     """`python -m infantino.trainer.commands.serve --config trainer.yaml` (same as `infantino-train serve`),
     without importing the other subcommands (a lighter process for a long-running service)."""
-    import argparse
-
-    from infantino.runtime.cliutil import guarded, setup_logging
-
     p = argparse.ArgumentParser(prog="infantino-train serve", description=__doc__.strip())
     add_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")

@@ -6,12 +6,12 @@ lighter/rosier skin and softer warm light, so adult-vs-infant domain shift can b
 
 from __future__ import annotations
 
+from infantino.trainer.synth import DIFFICULTIES, DOMAINS, write_dataset
+
 HELP = "write a synthetic face data set (image folder)"
 
 
 def add_arguments(p) -> None:
-    from infantino.trainer.synth import DIFFICULTIES, DOMAINS
-
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     p.add_argument("--n", type=int, required=True, help="number of images (classes balanced)")
     p.add_argument("--domain", choices=DOMAINS, default="adult", help="face proportions and lighting (default adult)")
@@ -23,8 +23,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from infantino.trainer.synth import write_dataset
-
     out = write_dataset(args.out, args.n, domain=args.domain, seed=args.seed, size=args.size,
                         difficulty=args.difficulty, overwrite=args.overwrite, progress=True)
     print(f"wrote {args.n} {args.domain} faces ({args.difficulty}, {args.size}px, seed {args.seed}) to {out}")
