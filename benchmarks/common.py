@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import report as rpt
 from infantino.runtime.choices import unknown_message
+
+from . import report as rpt
+from .mlflow_log import log_report
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from infantino.runtime.backends import tensorrt_build as tb
 from infantino.runtime.bundle import load_bundle
 from infantino.runtime.contract.errors import InfantinoError, SignatureError
 from infantino.runtime.contract.layout import HEAD_FILE, MANIFEST_FILE, REFERENCE_FILE

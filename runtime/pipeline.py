@@ -22,7 +22,6 @@ from .contract.errors import HeadError
 from .contract.messages import FacePrediction
 from .face import Box, FaceDetector, FaceOptions, check_frame, create_detector, face_crop
 from .contract.head import Head, HeadPrediction
-from .contract.messages import FacePrediction
 from .contract.preprocess import preprocess
 
 log = logging.getLogger(__name__)

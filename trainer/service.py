@@ -230,8 +230,6 @@ class FleetState:
     def open(cls, state_dir: Path, fresh: Callable[[], tuple[object, Head]], dedupe_window: int,
              read_only: bool = False) -> "FleetState":
         """The fleet's saved state, or a fresh one from the configured head (written at once unless read_only)."""
-        from .online_head import OnlineHead
-
         if not read_only:
             state_dir.mkdir(parents=True, exist_ok=True)
         meta_path = state_dir / STATE_FILE
@@ -324,10 +322,6 @@ class FleetWorker:
 
     def __init__(self, cfg: FleetConfig, svc: "TrainerServiceConfig", signing_key, public_key, topics: Topics,
                  read_only: bool = False):
-        from infantino.runtime.bundle import load_bundle
-
-        from .online_head import OnlineHead
-
         self.cfg = cfg
         self.name = cfg.name
         self.svc = svc
@@ -569,8 +563,6 @@ class UpdateService:
 
     def __init__(self, config: TrainerServiceConfig, read_only: bool = False):
         """read_only: load and check everything (keys, bundles, head states, saved fleet state) writing nothing."""
-        from infantino.runtime.contract.signing import load_private_key, load_public_key
-
         self.config = config
         self.topics = Topics(config.topic_prefix)
         self.signing_key = load_private_key(config.signing_key)

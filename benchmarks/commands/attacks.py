@@ -18,7 +18,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from infantino.benchmarks.attacks import measure_attacks
+    from infantino.benchmarks.attacks import measure_attacks  # local: the daemon + paho, only when this runs
 
     out = measure_attacks(args.workdir, progress=lambda name: log.info("sending: %s", name))
     print(f"{'attack':58s} {'bytes':>10s} {'reason':>14s} {'s to reject':>12s} {'RSS +MB':>8s} alive")

@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from infantino.benchmarks.fleet import measure_fleet
+    from infantino.benchmarks.fleet import measure_fleet  # local: daemon, service, sklearn, only when this runs
 
     if args.seconds <= 0 or args.rate <= 0:
         raise ValueError("--seconds and --rate must be positive")

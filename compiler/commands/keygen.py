@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from infantino.runtime.contract.signing import key_id, load_public_key
+
 from ..bundle_writer import keygen
 
 HELP = "create the Ed25519 signing key pair"
@@ -14,10 +16,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from infantino.runtime.contract.signing import key_id, load_public_key
-
-    from ..bundle_writer import keygen
-
     priv, pub = keygen(args.out, force=args.force)
     print(f"private key: {priv} (keep it secret; pass it as --key)")
     print(f"public key:  {pub} (install it on devices)")

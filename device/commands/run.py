@@ -3,10 +3,15 @@ updates, labelled samples. Stops cleanly on SIGTERM/SIGINT (publishes an offline
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+
+import numpy as np
 
 from infantino.device.config import load_device_config
 from infantino.device.daemon import BundleFacts, DeviceDaemon
+from infantino.device.head_store import HeadStore
 from infantino.runtime.bundle import load_bundle
 from infantino.runtime.pipeline import Pipeline
 from infantino.runtime.sources import open_source, source_kind
@@ -29,8 +34,6 @@ def run(args) -> int:
     facts = BundleFacts.from_bundle(bundle)
     if args.check:
         return check(cfg, bundle, facts, skip_camera=args.skip_camera)
-    from infantino.runtime.pipeline import Pipeline
-    from infantino.runtime.sources import open_source
 
     pipe = Pipeline(bundle, backend=cfg.backend, face=cfg.face, threads=cfg.threads)
     options = {"fps": cfg.camera.fps} if cfg.camera.fps and _is_live(cfg.camera.source) else {}
@@ -48,15 +51,6 @@ def run(args) -> int:
 
 def check(cfg, bundle, facts, skip_camera: bool = False) -> int:
     """Every check the daemon's start depends on, one line each; nothing is written. 0 = all passed, 1 = not."""
-    import os
-    import threading
-
-    import numpy as np
-
-    from infantino.device.head_store import HeadStore
-    from infantino.runtime.pipeline import Pipeline
-    from infantino.runtime.sources import open_source
-
     results: list[tuple[str, bool, str]] = []
 
     def item(name: str, fn) -> None:

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import Field
 
-from ..bundle import cache_dir
+from ..cachedir import cache_dir
 from ..contract.errors import BackendUnavailable
 from .base import Backend, BackendConfig
 from .registry import register_backend
@@ -68,8 +68,6 @@ class OnnxRuntimeBackend(Backend):
         out = []
         for p in names:
             if p == "TensorrtExecutionProvider":
-                from ..cachedir import cache_dir
-
                 path = cfg.trt_cache_dir or str(cache_dir("ort-trt"))
                 out.append((p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": path,
                                 "trt_fp16_enable": self.artifact.precision == "fp16"}))

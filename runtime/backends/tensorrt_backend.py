@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from pydantic import Field
 
-from ..bundle import cache_dir
+from ..cachedir import cache_dir
 from ..contract.atomic import atomic_write_bytes, atomic_write_text
 from ..contract.errors import BackendUnavailable, InfantinoError
 from . import tensorrt_build
@@ -189,8 +189,6 @@ class TensorRTBackend(Backend):
             if onnx_path is None:
                 raise BackendUnavailable("tensorrt: the bundle's plan does not fit this host and it carries no "
                                          "ONNX to rebuild from")
-            from ..cachedir import cache_dir
-
             cache = PlanCache(self.config.cache_dir or cache_dir("tensorrt"), tensorrt_build.plan_cache_name)
             key = PlanKey(onnx_sha, settings, trt.__version__, gpu)
             engine, rebuilt = cache.get_or_build(

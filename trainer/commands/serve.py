@@ -8,6 +8,7 @@ import argparse
 import signal
 
 from infantino.runtime.cliutil import guarded, setup_logging
+from infantino.runtime.contract.signing import key_id
 from infantino.trainer.service import UpdateService, load_service_config
 
 HELP = "serve online head updates to a fleet over MQTT"
@@ -23,8 +24,6 @@ def run(args) -> int:
     cfg = load_service_config(args.config)
     svc = UpdateService(cfg, read_only=args.check)
     if args.check:
-        from infantino.runtime.contract.signing import key_id
-
         print(f"signing key {cfg.signing_key} (fingerprint {key_id(svc.signing_key.public_key())[:16]}…)")
         for name, w in svc.fleets.items():
             print(f"fleet {name}: extractor {w.extractor_id[:12]}…, published head v{w.state.published.version}, "
