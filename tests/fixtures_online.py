@@ -36,3 +36,25 @@ def online_base_head(online_domains):
 def online_head(online_base_head):
     """A private copy of the fitted, calibrated head."""
     return copy.deepcopy(online_base_head)
+
+
+def write_legacy_state(head, path):
+    """Write `head` as the legacy pickle state (format_version 1, what OnlineHead.save wrote before the npz
+    format): {"format", "format_version", "state": head.__dict__ without the cache, config as a dict}."""
+    import pickle
+    from dataclasses import asdict
+    from pathlib import Path
+
+    state = {k: v for k, v in head.__dict__.items() if k != "_head_cache"}
+    state["config"] = asdict(head.config)
+    blob = {"format": "infantino-online-head", "format_version": 1, "state": state}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(blob, protocol=pickle.HIGHEST_PROTOCOL))
+    return path
+
+
+@pytest.fixture
+def legacy_state_writer():
+    """write_legacy_state(head, path): a legacy head_state.pkl as the pickle format wrote it."""
+    return write_legacy_state

@@ -1,4 +1,4 @@
-"""Update-service fixtures: a fitted OnlineHead on disk (head_state.pkl + head.infh) and sample helpers."""
+"""Update-service fixtures: a fitted OnlineHead on disk (head_state.npz + head.infh) and sample helpers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ SERVICE_EXT = "5" * 64
 
 
 def make_online_head_dir(d, extractor_id: str = SERVICE_EXT, hidden=(32,), seed: int = 0):
-    """Fit a small OnlineHead on random embeddings and write head_state.pkl + head.infh into d."""
+    """Fit a small OnlineHead on random embeddings and write head_state.npz + head.infh into d."""
     from infantino.trainer.online_head import OnlineHead, OnlineHeadConfig
 
     rng = np.random.default_rng(seed)
@@ -27,7 +27,7 @@ def make_online_head_dir(d, extractor_id: str = SERVICE_EXT, hidden=(32,), seed:
 
 @pytest.fixture(scope="session")
 def service_head_dir(tmp_path_factory):
-    """A directory with head_state.pkl and head.infh (OnlineHead, extractor SERVICE_EXT, 32 hidden units)."""
+    """A directory with head_state.npz and head.infh (OnlineHead, extractor SERVICE_EXT, 32 hidden units)."""
     return make_online_head_dir(tmp_path_factory.mktemp("online_head"))
 
 

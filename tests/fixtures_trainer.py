@@ -3,7 +3,7 @@
 trainer_dataset: Path of an image folder (7 class sub-folders, 64 px adult faces, easy difficulty).
 trainer_heldout: Path of another folder from a different seed (never trained on).
 trainer_run:     FitResult of `fit` on trainer_dataset (timm test_efficientnet, 64 px, about a minute of CPU):
-                 out_dir holds extractor.pt, head_state.pkl, head.infh, confusion.png, metrics.json.
+                 out_dir holds extractor.pt, head_state.npz, head.infh, confusion.png, metrics.json.
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def test_partial_cli_npz_and_jsonl(trainer_run, online_infant_npz, online_infant
     assert rc == 0, err
     r = json.loads(out)
     assert r["samples"] == 70 and r["end_version"] > r["start_version"]
-    assert (tmp_path / "a" / "head_state.pkl").is_file()
+    assert (tmp_path / "a" / "head_state.npz").is_file()
 
     z = np.load(online_infant_npz)
     img = next(online_infant_folder.glob("happy/*.png"))
@@ -143,6 +143,29 @@ def test_partial_cli_npz_and_jsonl(trainer_run, online_infant_npz, online_infant
     rc, out, err = _cli(capsys, "partial", "--data", stream, "--head", trainer_run.out_dir, "--strict",
                         "--extractor", trainer_run.extractor_path, "--out", tmp_path / "c", "--no-tracking")
     assert rc == 2 and "unknown label 'joy'" in err and not (tmp_path / "c" / "head.infh").exists()
+
+
+def test_partial_cli_migrates_a_legacy_head_only_with_the_flag(trainer_run, online_infant_npz, tmp_path, capsys,
+                                                               legacy_state_writer):
+    """A head folder whose state is a legacy head_state.pkl: refused with the reason and the flag to use; with
+    --migrate-legacy-state the session runs and head_state.npz is written beside the pickle."""
+    import shutil
+
+    from infantino.trainer.online_head import OnlineHead
+
+    head_dir = tmp_path / "legacy"
+    head_dir.mkdir()
+    for name in ("head.infh", "extractor.pt"):
+        shutil.copy(trainer_run.out_dir / name, head_dir / name)
+    legacy_state_writer(OnlineHead.load(trainer_run.out_dir), head_dir / "head_state.pkl")
+    args = ("partial", "--data", online_infant_npz, "--head", head_dir, "--no-tracking", "--out", tmp_path / "o",
+            "--json")
+    rc, _, err = _cli(capsys, *args)
+    assert rc == 2 and "legacy online head state" in err and "--migrate-legacy-state" in err
+    assert not (head_dir / "head_state.npz").exists()
+    rc, out, err = _cli(capsys, *args, "--migrate-legacy-state")
+    assert rc == 0, err
+    assert (head_dir / "head_state.npz").is_file() and json.loads(out)["samples"] == 70
 
 
 def test_partial_cli_bad_inputs(trainer_run, tmp_path, capsys):

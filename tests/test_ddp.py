@@ -49,5 +49,5 @@ def test_two_cpu_processes_train_in_lockstep(tmp_path, trainer_dataset):
     assert r0["final"] != r0["init"]  # they trained
     assert r0["final"] == r1["final"]  # and stayed identical: gradients were all-reduced
     # only rank 0 wrote the run's files; its saved extractor is the trained one
-    assert {"extractor.pt", "last.pt", "head.infh", "head_state.pkl"} <= set(r0["files"])
+    assert {"extractor.pt", "last.pt", "head.infh", "head_state.npz"} <= set(r0["files"])
     assert r1["extractor_id"] is None and r0["extractor_id"] == r0["final"]

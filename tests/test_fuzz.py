@@ -109,9 +109,9 @@ def material(tmp_path_factory):
               "camera": {"source": str(d / "cam"), "stall_timeout_s": 5}, "state_dir": str(d / "state"),
               "broker": {"host": "localhost", "port": 1883}, "ota": {"max_update_bytes": 1 << 20}}
     (d / "head.infh").write_bytes(heads[0].to_bytes())
-    (d / "head_state.pkl").write_bytes(b"x")
+    (d / "head_state.npz").write_bytes(b"x")
     trainer = {"fleets": [{"name": "nursery", "initial_head": str(d / "head.infh"),
-                           "head_state": str(d / "head_state.pkl"), "devices": ["cam-1"]}],
+                           "head_state": str(d / "head_state.npz"), "devices": ["cam-1"]}],
                "state_dir": str(d / "svc"), "signing_key": str(d / "k.key"), "min_interval_ms": 200}
     ok, png = cv2.imencode(".png", np.full((24, 32, 3), 90, np.uint8))
     ok2, jpg = cv2.imencode(".jpg", np.full((24, 32, 3), 90, np.uint8))

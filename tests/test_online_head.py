@@ -135,7 +135,7 @@ def test_load_refuses_other_files(tmp_path):
     from infantino.runtime.contract.errors import InfantinoError
 
     (tmp_path / "x.pkl").write_bytes(b"not a pickle")
-    with pytest.raises(InfantinoError, match="cannot read"):
+    with pytest.raises(InfantinoError, match="not an online head state"):
         OnlineHead.load(tmp_path / "x.pkl")
     with pytest.raises(FileNotFoundError):
         OnlineHead.load(tmp_path / "missing.pkl")
@@ -380,11 +380,13 @@ def test_bad_teacher_anchors_are_refused(online_head, X, P, weight, match):
     assert online_head.teacher is None and _state(online_head) == before
 
 
-def test_old_state_files_without_teacher_or_stored_probabilities_load(online_head, online_domains, tmp_path):
-    """A head_state.pkl written before teacher anchors and stored probabilities existed still loads and learns."""
+def test_old_state_files_without_teacher_or_stored_probabilities_load(online_head, online_domains, tmp_path,
+                                                                      legacy_state_writer):
+    """A legacy head_state.pkl written before teacher anchors and stored probabilities existed still migrates
+    (when trusted) and learns."""
     import pickle
 
-    path = online_head.save(tmp_path / "head_state.pkl")
+    path = legacy_state_writer(online_head, tmp_path / "head_state.pkl")
     blob = pickle.loads(path.read_bytes())
     state = blob["state"]
     del state["teacher"]
@@ -393,7 +395,8 @@ def test_old_state_files_without_teacher_or_stored_probabilities_load(online_hea
     replay_state = state["replay"].__dict__
     del replay_state["P"]
     path.write_bytes(pickle.dumps(blob))
-    loaded = OnlineHead.load(path)
+    loaded = OnlineHead.load(path, trust_legacy_pickle=True)
+    assert (tmp_path / "head_state.npz").is_file()
     assert loaded.teacher is None and np.array_equal(loaded.replay.P, loaded.replay.T)
     assert loaded.to_head().sha256 == online_head.to_head().sha256
     inf = online_domains["infant"]

@@ -39,7 +39,7 @@ def service_dict(tmp_path, broker, head_dir, keypair, **over) -> dict:
     data = {
         "broker": mqtt_broker_config(broker).model_dump(exclude_none=True, mode="json"),
         "fleets": [{"name": "nursery", "initial_head": str(head_dir / "head.infh"),
-                    "head_state": str(head_dir / "head_state.pkl"), "devices": ["cam-1", "cam-2", "cam-9"]}],
+                    "head_state": str(head_dir / "head_state.npz"), "devices": ["cam-1", "cam-2", "cam-9"]}],
         "state_dir": str(tmp_path / "svc"), "signing_key": str(keypair[0]), "min_interval_ms": 100,
         "mlflow": {"enabled": False},
     }
@@ -304,7 +304,7 @@ def test_config_errors_name_every_bad_field(tmp_path, service_head_dir, keypair,
     bad = tmp_path / "trainer.yaml"
     bad.write_text(yaml.safe_dump({
         "broker": {"host": "localhost", "port": 99999, "reconect_min_s": 1},
-        "fleets": [{"name": "bad/fleet", "head_state": str(tmp_path / "missing.pkl")}],
+        "fleets": [{"name": "bad/fleet", "head_state": str(tmp_path / "missing.npz")}],
         "state_dir": str(tmp_path / "svc"), "signing_key": str(tmp_path / "nokey"), "delta_dtype": "int4",
     }))
     with pytest.raises(ConfigError) as e:
@@ -335,6 +335,48 @@ def test_a_fleet_must_list_its_devices_unless_any_device_is_allowed(tmp_path, mo
     assert validate_config(TrainerServiceConfig, data).fleets[0].allow_any_device
 
 
+def test_legacy_pickle_states_are_migrated(tmp_path, service_head_dir, keypair, legacy_state_writer, caplog):
+    """A fleet's head_state that is a legacy pickle needs migrate_legacy_state (it may come from anyone); the
+    service's own legacy checkpoint (online.<gen>.pkl, written by an older service) is migrated on open."""
+    import logging
+    import shutil
+
+    from infantino.runtime.contract.errors import InfantinoError
+    from infantino.trainer.online_head import OnlineHead
+
+    head = OnlineHead.load(service_head_dir)
+    legacy_dir = tmp_path / "legacy_head"
+    legacy_state_writer(head, legacy_dir / "head_state.pkl")
+    shutil.copy(service_head_dir / "head.infh", legacy_dir / "head.infh")
+    data = {"broker": {"host": "localhost", "port": 1883}, "state_dir": str(tmp_path / "svc"),
+            "signing_key": str(keypair[0]), "mlflow": {"enabled": False},
+            "fleets": [{"name": "nursery", "initial_head": str(legacy_dir / "head.infh"),
+                        "head_state": str(legacy_dir / "head_state.pkl"), "devices": ["cam-1"]}]}
+    with pytest.raises(InfantinoError, match="legacy online head state.*migrate_legacy_state: true"):
+        UpdateService(validate_config(TrainerServiceConfig, data))
+    assert not (tmp_path / "svc" / "nursery" / "service.json").exists()
+
+    data["fleets"][0]["migrate_legacy_state"] = True
+    svc = UpdateService(validate_config(TrainerServiceConfig, data))
+    assert (legacy_dir / "head_state.npz").is_file()
+    state_dir = svc.fleets["nursery"].state.dir
+    meta = json.loads((state_dir / "service.json").read_text())
+    assert meta["online_file"] == "online.1.npz"
+
+    # turn the checkpoint into what an older service wrote: online.1.pkl named by service.json
+    legacy_state_writer(OnlineHead.load(state_dir / "online.1.npz"), state_dir / "online.1.pkl")
+    (state_dir / "online.1.npz").unlink()
+    meta["online_file"] = "online.1.pkl"
+    (state_dir / "service.json").write_text(json.dumps(meta))
+    data["fleets"][0]["migrate_legacy_state"] = False  # the service's own state needs no flag
+    with caplog.at_level(logging.WARNING, logger="infantino.trainer"):
+        svc = UpdateService(validate_config(TrainerServiceConfig, data))
+    assert "legacy pickle written by an older version of this service" in caplog.text
+    assert json.loads((state_dir / "service.json").read_text())["online_file"] == "online.2.npz"
+    assert sorted(p.name for p in state_dir.glob("online.*")) == ["online.2.npz"]
+    assert svc.fleets["nursery"].state.online.to_head().sha256 == head.to_head().sha256
+
+
 def test_version_record_survives_a_torn_write(tmp_path):
     from infantino.trainer.service import VersionRecord
 
@@ -361,7 +403,7 @@ def test_real_face_guard_holds_back_a_regressing_head_version(tmp_path, mosquitt
     bundle = load_bundle(compiled_bundle.path, public_key=compiled_bundle.public_key)
     hidden = tuple(s[1] for s in bundle.head.shapes[0:-2:2])
     head_dir = make_online_head_dir(tmp_path / "head", extractor_id=bundle.extractor_id, hidden=hidden)
-    fleet = {"name": "nursery", "bundle": str(compiled_bundle.path), "head_state": str(head_dir / "head_state.pkl"),
+    fleet = {"name": "nursery", "bundle": str(compiled_bundle.path), "head_state": str(head_dir / "head_state.npz"),
              "devices": ["cam-1"]}
     statuses = []
     watch = MqttLink(mqtt_broker_config(mosquitto), f"status-{time.monotonic_ns()}", clean_start=True).start()

@@ -115,7 +115,7 @@ def test_fit_logs_registers_and_round_trips_by_alias(mlflow_uri, tmp_path, train
     head_dir = tracking.resolve_head("models:/infantino-head@champion")
     head = Head.from_bytes((head_dir / "head.infh").read_bytes())
     assert head.extractor_id == res.extractor_id
-    assert OnlineHead.load(head_dir / "head_state.pkl").to_head().sha256 == head.sha256
+    assert OnlineHead.load(head_dir / "head_state.npz").to_head().sha256 == head.sha256
     assert tracking.resolve_extractor("models:/infantino-extractor@champion") == ckpt  # cached per version
     info = tracking.model_version_info(tracking.HEAD_MODEL)
     assert info["version"] == res.head_version and info["tags"]["extractor_version"] == res.extractor_version
@@ -221,7 +221,7 @@ def test_resolve_errors(tmp_path, mlflow_uri):
         tracking.resolve_extractor(tmp_path / "missing.pt")
     with pytest.raises(InfantinoError, match="no extractor.pt in"):
         tracking.resolve_extractor(tmp_path)
-    with pytest.raises(InfantinoError, match="no head_state.pkl"):
+    with pytest.raises(InfantinoError, match="no head_state.npz"):
         tracking.resolve_head(tmp_path)
     with pytest.raises(InfantinoError, match="cannot fetch models:/no-such-model@champion"):
         tracking.resolve_extractor("models:/no-such-model@champion")

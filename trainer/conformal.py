@@ -15,6 +15,8 @@ import numpy as np
 
 from infantino.runtime.contract.head import prediction_set_indices
 
+from .statefile import StateReader
+
 
 def check_coverage_level(coverage: float) -> float:
     coverage = float(coverage)
@@ -111,6 +113,30 @@ class CalibrationBuffer:
 
     def __len__(self) -> int:
         return self.size
+
+    def to_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(JSON fields, arrays) of the whole ring, for a state file (statefile.pack)."""
+        doc = {"capacity": self.capacity, "arrivals": int(self.arrivals), "size": int(self.size),
+               "next": int(self.next)}
+        return doc, {"X": self.X, "y": self.y, "arrival": self.arrival}
+
+    @classmethod
+    def from_state(cls, r: StateReader, dim: int, n_classes: int) -> "CalibrationBuffer":
+        """The ring to_state() described, every field checked (shapes, dtypes, labels, ring positions)."""
+        cap = r.int("capacity", 1)
+        obj = cls.__new__(cls)  # not __init__: it would allocate `capacity` rows before the arrays are checked
+        obj.capacity = cap
+        obj.size = r.int("size", 0, cap)
+        obj.next = r.int("next", 0, cap - 1)
+        if obj.size < cap and obj.next != obj.size:
+            r.fail("next", f"is {obj.next}, but a ring that is not full writes at its size ({obj.size})")
+        obj.arrivals = r.int("arrivals", obj.size)
+        obj.X = r.array("X", (cap, dim), np.float32)
+        obj.y = r.array("y", (cap,), np.int64, lo=0, hi=n_classes - 1)
+        obj.arrival = r.array("arrival", (cap,), np.int64, lo=0)
+        if obj.size and obj.arrival[: obj.size].max() > obj.arrivals:
+            r.fail("arrival", f"an entry arrived after the last arrival ({obj.arrivals})")
+        return obj
 
     def add(self, x: np.ndarray, y: int) -> None:
         self.add_many(np.asarray(x)[None, :], np.array([y]))

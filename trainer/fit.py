@@ -3,7 +3,7 @@
 The same code runs alone or under `torchrun --nproc_per_node N` (DDP: distributed sampler, summed metrics,
 rank 0 alone writes checkpoints and talks to MLflow). After training, rank 0 embeds the data with the best
 checkpoint, fits the online head (scikit-learn MLP through `OnlineHead`), calibrates its conformal threshold
-on the validation split and writes extractor.pt, head_state.pkl and head.infh into the output folder.
+on the validation split and writes extractor.pt, head_state.npz and head.infh into the output folder.
 """
 
 from __future__ import annotations
@@ -561,7 +561,7 @@ def _finish_on_main(cfg, result: FitResult, train_set, val_set, test_set, tracke
         metrics["test_confusion_matrix"] = test_rep["confusion_matrix"]
     metrics["head_confusion_matrix"] = head_rep["confusion_matrix"]
 
-    head.save_dir(out)  # head_state.pkl + head.infh
+    head.save_dir(out)  # head_state.npz + head.infh
     runtime_head: Head = head.to_head()
     plot_confusion(np.asarray(head_rep["confusion_matrix"]), out / CONFUSION_FILE,
                    title=f"{cfg.backbone} + MLP head, validation (acc {head_rep['accuracy']:.2f})")

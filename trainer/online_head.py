@@ -10,15 +10,18 @@ samples is held out in a FIFO calibration buffer; after every update the split-c
 on it, so each head version carries the threshold of its own weights. The MLP trains in float32: its weights ARE the runtime Head's
 float32 weights, so to_head() is exact and the numpy forward pass equals predict_proba on float64 input.
 
-State files (head_state.pkl) are pickles: load only files you wrote or trust (pickle runs code on load).
+State files (head_state.npz) hold plain arrays and one JSON document (trainer.statefile), so loading one cannot
+run code; legacy pickles (head_state.pkl) are read only when the caller trusts them, and then migrated once
+(trainer.legacy_state, docs/online-head.md "State file").
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import pickle
-from dataclasses import asdict, dataclass, fields
+import sys
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -30,16 +33,21 @@ from infantino.runtime.contract.errors import HeadError, InfantinoError
 from infantino.runtime.contract.head import ACTIVATIONS, Head, HeadPrediction, activate
 from infantino.runtime.contract.layout import HEAD_FILE
 from infantino.runtime.contract.layout import HEAD_STATE_FILE as STATE_FILE
+from infantino.runtime.contract.layout import LEGACY_HEAD_STATE_FILE as LEGACY_STATE_FILE
 
 from .conformal import (CalibrationBuffer, check_coverage_level, conformal_quantile, nonconformity,
                         weighted_conformal_quantile)
 from .labels import AMBIGUITY_RULES, expand_targets, label_index, make_target, target_from_any
+from .legacy_state import read_legacy_pickle
+from .mlp_state import mlp_from_state, mlp_to_state
 from .replay import REPLAY_POLICIES, ReplayBuffer, TeacherAnchors
+from .statefile import StateFileError, StateReader, looks_like_pickle, looks_like_zip, pack, rng_to_state, unpack
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "infantino-online-head"
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2         # 2: statefile (.npz + state.json); 1: the legacy pickle (read only to migrate)
+LEGACY_FORMAT_VERSION = 1
 ROUTES = ("auto", "train", "calibration")
 
 
@@ -395,47 +403,171 @@ class OnlineHead:
 
     # ---- persistence ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Atomically write the whole state (MLP + optimizer, replay and calibration buffers, RNG, version)."""
+        """Atomically write the whole state (MLP + optimizer, replay and calibration buffers, teacher anchors,
+        RNGs, version) as one state file: arrays + a JSON document, nothing that runs code when loaded."""
         path = Path(path)
-        state = {k: v for k, v in self.__dict__.items() if k != "_head_cache"}
-        state["config"] = asdict(self.config)
-        blob = pickle.dumps({"format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION, "state": state},
-                            protocol=pickle.HIGHEST_PROTOCOL)
-        atomic_write_bytes(path, blob)
+        atomic_write_bytes(path, self.to_bytes())
         return path
 
     def save_dir(self, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-        """Write head_state.pkl and head.infh (the runtime head file) into out_dir."""
+        """Write head_state.npz and head.infh (the runtime head file) into out_dir."""
         out_dir = Path(out_dir)
         state = self.save(out_dir / STATE_FILE)
         head = out_dir / HEAD_FILE
         atomic_write_bytes(head, self.to_head().to_bytes())
         return state, head
 
+    def to_bytes(self, migrated_from: dict | None = None) -> bytes:
+        """The state file's bytes (see save); `migrated_from` names the legacy pickle it replaces."""
+        doc, arrays = self._to_state()
+        if migrated_from is not None:
+            doc["migrated_from"] = migrated_from
+        return pack(doc, arrays)
+
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "OnlineHead":
-        """Load a state written by save() (a file, or a directory holding head_state.pkl). Trusted files only."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / STATE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"online head state not found: {path}")
+    def from_bytes(cls, data: bytes, source: str | os.PathLike = "state") -> "OnlineHead":
+        """A head from a state file's bytes; a corrupt, hostile or unknown file raises StateFileError naming
+        `source` and the problem."""
+        return cls._read_state(data, source)[0]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, trust_legacy_pickle: bool = False) -> "OnlineHead":
+        """Load a state written by save() (a file, or a folder holding head_state.npz).
+
+        A legacy pickle state (head_state.pkl, or a folder holding only that) is refused with an explanation
+        unless `trust_legacy_pickle` is True (only for files you wrote or trust: unpickling runs code); then it
+        is read once and migrated: the new format is written beside it (head_state.npz; the pickle is left as
+        it was) and every later load reads that file instead.
+        """
+        file = _state_file(Path(path))
+        data = _read(file)
+        if looks_like_zip(data):
+            head, doc = cls._read_state(data, file)
+            _check_not_stale(file, doc)
+            return head
+        if not looks_like_pickle(data):
+            raise StateFileError(f"{file} is not an online head state (neither a {STATE_FILE} state file nor a "
+                                 f"legacy pickle)")
+        return cls._load_legacy(file, data, trust_legacy_pickle)
+
+    @classmethod
+    def _read_state(cls, data: bytes, source) -> tuple["OnlineHead", dict]:
+        """(head, document) from a state file's bytes, errors prefixed with `source`."""
         try:
-            blob = pickle.loads(path.read_bytes())
-        except Exception as e:
-            raise InfantinoError(f"cannot read online head state {path}: {e}") from None
-        if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT:
-            raise InfantinoError(f"{path} is not an infantino online head state")
-        if blob.get("format_version") != STATE_FORMAT_VERSION:
-            raise InfantinoError(f"{path}: unsupported state format_version {blob.get('format_version')!r}")
-        state = dict(blob["state"])
-        obj = cls.__new__(cls)
-        cfg = state.pop("config")
-        obj.__dict__.update(state)
-        obj.config = OnlineHeadConfig(**cfg)
-        obj.__dict__.setdefault("teacher", None)  # state files written before teacher anchors existed
+            doc, arrays = unpack(data)
+            return cls._from_state(StateReader(doc, arrays)), doc
+        except StateFileError as e:
+            raise StateFileError(f"{source}: {e}") from None
+
+    def _to_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(JSON document, arrays by name) of the whole head; _from_state reads them back."""
+        arrays: dict[str, np.ndarray] = {}
+
+        def part(prefix: str, doc_arrays: tuple[dict, dict]) -> dict:
+            doc, a = doc_arrays
+            arrays.update({f"{prefix}.{k}": v for k, v in a.items()})
+            return doc
+
+        if self.anchor is not None:
+            arrays.update({f"anchor.{i}": a for i, a in enumerate(self.anchor)})
+        doc = {
+            "format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION, "written_by": _library_versions(),
+            "head": {"extractor_id": self.extractor_id, "classes": list(self.classes), "dim": self.dim,
+                     "version": self.version, "qhat": self.qhat, "counters": asdict(self.counters),
+                     "rng": rng_to_state(self.rng), "config": asdict(self.config),
+                     "anchor": self.anchor is not None},
+            "mlp": part("mlp", mlp_to_state(self.mlp)) if self.is_fitted else None,
+            "replay": part("replay", self.replay.to_state()),
+            "calib": part("calib", self.calib.to_state()),
+            "teacher": part("teacher", self.teacher.to_state()) if self.teacher is not None else None,
+        }
+        return doc, arrays
+
+    @classmethod
+    def _from_state(cls, r: StateReader) -> "OnlineHead":
+        """The head a _to_state document describes; every field is checked before it is used."""
+        _check_format(r)
+        h = r.sub("head")
+        config = _config_from_state(h.sub("config"))
+        classes = _classes_from_state(h)
+        dim, n_classes = h.int("dim", 1), len(classes)
+        obj = cls.__new__(cls)  # fields set one by one below, as __init__ would
+        obj.config, obj.extractor_id, obj.classes, obj.dim = config, h.str("extractor_id"), classes, dim
+        obj.version = h.int("version")
+        obj.qhat = h.float("qhat", 0.0, 1.0, nullable=True)
+        obj.rng = h.rng("rng")
+        c = h.sub("counters")
+        obj.counters = _Counters(**{f.name: c.int(f.name) for f in fields(_Counters)})
+        obj.mlp = (None if r.is_null("mlp") else
+                   mlp_from_state(r.sub("mlp"), dim, n_classes, config.hidden, config.activation))
+        obj.replay = ReplayBuffer.from_state(r.sub("replay"), dim, n_classes)
+        if (obj.replay.capacity, obj.replay.policy) != (config.replay_size, config.replay_policy):
+            r.fail("replay", f"capacity/policy {obj.replay.capacity}/{obj.replay.policy} differ from the config's "
+                             f"{config.replay_size}/{config.replay_policy}")
+        obj.calib = CalibrationBuffer.from_state(r.sub("calib"), dim, n_classes)
+        if obj.calib.capacity != config.calib_size:
+            r.fail("calib", f"capacity {obj.calib.capacity} differs from the config's calib_size {config.calib_size}")
+        obj.teacher = None if r.is_null("teacher") else TeacherAnchors.from_state(r.sub("teacher"), dim, n_classes)
+        obj.anchor = None
+        if h.bool("anchor"):
+            units = [dim, *config.hidden, n_classes]
+            shapes = [(a, b) for a, b in zip(units, units[1:])] + [(b,) for b in units[1:]]
+            obj.anchor = [r.array(f"anchor.{i}", s, np.float32) for i, s in enumerate(shapes)]
+        r.finish()
         obj._head_cache = None
         return obj
+
+    @classmethod
+    def _load_legacy(cls, file: Path, data: bytes, trust: bool) -> "OnlineHead":
+        """A legacy pickle: its migrated copy if one exists, else (trusted only) read once and migrate."""
+        if file.suffix == ".npz":
+            raise StateFileError(f"{file} is a pickle under the new format's name; pickles are never loaded from "
+                                 f".npz files (a state file is a zip of arrays)")
+        target = _migrated_path(file)
+        sha = hashlib.sha256(data).hexdigest()
+        if target.is_file():
+            head, doc = cls._read_state(_read(target), target)
+            if (doc.get("migrated_from") or {}).get("sha256") != sha:
+                raise StateFileError(f"{file} is a legacy pickle state and {target.name} beside it was not migrated "
+                                     f"from it: load {target} directly, or move one of them away")
+            log.info("%s was migrated to %s earlier; loading that", file, target.name)
+            return head
+        if not trust:
+            raise StateFileError(_legacy_refusal(file, target))
+        head = cls._from_legacy(read_legacy_pickle(data, file), file)
+        try:
+            new = head.to_bytes(migrated_from={"file": file.name, "sha256": sha})
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError) as e:  # fields the pickle lacked
+            raise StateFileError(f"{file}: legacy state cannot be converted: {type(e).__name__}: {e}") from None
+        head = cls.from_bytes(new, target)  # what every later load returns, checked like any state file
+        try:
+            atomic_write_bytes(target, new)
+        except OSError as e:
+            log.warning("legacy pickle state %s loaded, but %s could not be written (%s): the next load needs "
+                        "--migrate-legacy-state again", file, target, e)
+            return head
+        log.warning("migrated legacy pickle state %s to %s (loads without running code); %s is left as it was "
+                    "and is not read again: delete it when no older infantino needs it", file, target.name, file.name)
+        return head
+
+    @classmethod
+    def _from_legacy(cls, blob, file: Path) -> "OnlineHead":
+        """The head a legacy pickle held ({"format", "format_version": 1, "state": head.__dict__})."""
+        if not isinstance(blob, dict) or blob.get("format") != STATE_FORMAT:
+            raise StateFileError(f"{file} is not an infantino online head state")
+        if blob.get("format_version") != LEGACY_FORMAT_VERSION:
+            raise StateFileError(f"{file}: unsupported legacy format_version {blob.get('format_version')!r}")
+        try:
+            state = dict(blob["state"])
+            obj = cls.__new__(cls)
+            cfg = state.pop("config")
+            obj.__dict__.update(state)
+            obj.config = OnlineHeadConfig(**cfg)
+            obj.__dict__.setdefault("teacher", None)  # state files written before teacher anchors existed
+            obj._head_cache = None
+            return obj
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise StateFileError(f"{file}: malformed legacy state: {type(e).__name__}: {e}") from None
 
     # ---- internals --------------------------------------------------------------------------------
     def _new_mlp(self):
@@ -561,6 +693,114 @@ class OnlineHead:
 
 
 _BLOCK = 128  # rows per matrix product in _mlp_proba (below OpenBLAS's threading threshold)
+
+
+def _legacy_refusal(file: Path, target: Path) -> str:
+    """Why a legacy pickle state is not loaded, and how to migrate it."""
+    return (f"{file} is a legacy online head state: a Python pickle, and loading a pickle runs whatever code it "
+            f"contains, so a state fetched from a shared MLflow server or someone else's folder could take over "
+            f"this machine. It is not loaded unless you say you trust it. If you wrote it yourself or trust its "
+            f"source, migrate it once with --migrate-legacy-state (Python: OnlineHead.load(path, "
+            f"trust_legacy_pickle=True); update service: `migrate_legacy_state: true` on the fleet): that writes "
+            f"{target.name} beside it, which holds only arrays and JSON and is what every later load reads.")
+
+
+def _state_file(path: Path) -> Path:
+    """The state file to read: `path` itself, or in a folder head_state.npz (else the legacy head_state.pkl)."""
+    if path.is_dir():
+        for name in (STATE_FILE, LEGACY_STATE_FILE):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"online head state not found: no {STATE_FILE} (or legacy {LEGACY_STATE_FILE}) "
+                                f"in {path}")
+    if not path.is_file():
+        if _migrated_path(path).is_file() and path.suffix == ".pkl":
+            log.info("%s is gone; loading %s (migrated from it)", path, _migrated_path(path).name)
+            return _migrated_path(path)
+        raise FileNotFoundError(f"online head state not found: {path}")
+    return path
+
+
+def _migrated_path(file: Path) -> Path:
+    """Where a legacy pickle's migrated state goes: head_state.pkl -> head_state.npz, x.pkl -> x.npz."""
+    if file.name == LEGACY_STATE_FILE:
+        return file.with_name(STATE_FILE)
+    if file.suffix == ".pkl":
+        return file.with_suffix(".npz")
+    return file.with_name(file.name + ".npz")
+
+
+def _check_not_stale(file: Path, doc: dict) -> None:
+    """A migrated state whose legacy pickle beside it has changed since is ambiguous: refuse it."""
+    src = doc.get("migrated_from")
+    if not isinstance(src, dict) or not isinstance(src.get("file"), str):
+        return
+    legacy = file.with_name(Path(src["file"]).name)
+    if legacy.is_file() and hashlib.sha256(legacy.read_bytes()).hexdigest() != src.get("sha256"):
+        raise StateFileError(f"{legacy} changed after it was migrated to {file.name}: move away the one you do not "
+                             f"want (to migrate the new pickle, delete {file.name} and load it with "
+                             f"--migrate-legacy-state)")
+
+
+def _read(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except OSError as e:
+        raise InfantinoError(f"cannot read online head state {file}: {e}") from None
+
+
+def _check_format(r: StateReader) -> None:
+    """format must be ours and format_version one this code reads (clear errors for newer files)."""
+    if r.doc.get("format") != STATE_FORMAT:
+        raise StateFileError(f"not an infantino online head state (format {r.doc.get('format')!r}, "
+                             f"expected {STATE_FORMAT!r})")
+    v = r.doc.get("format_version")
+    if v != STATE_FORMAT_VERSION:
+        newer = isinstance(v, int) and not isinstance(v, bool) and v > STATE_FORMAT_VERSION
+        raise StateFileError(f"unsupported format_version {v!r} (this infantino reads {STATE_FORMAT_VERSION})"
+                             + ("; it was written by a newer infantino: upgrade to load it" if newer else ""))
+
+
+def _config_from_state(r: StateReader) -> OnlineHeadConfig:
+    """OnlineHeadConfig from its stored fields: each of the type its default has, then the config's own checks.
+    Settings a file lacks (written before they existed) take their defaults."""
+    values = {}
+    for f in fields(OnlineHeadConfig):
+        if f.name not in r.doc:
+            continue
+        default = f.default if f.default is not MISSING else None
+        if isinstance(default, tuple):
+            v = r.raw(f.name)
+            if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+                r.fail(f.name, "must be a list of integers")
+            values[f.name] = tuple(v)
+        elif isinstance(default, str):
+            values[f.name] = r.str(f.name)
+        elif isinstance(default, int) and not isinstance(default, bool):
+            values[f.name] = r.int(f.name)  # seeds, sizes and counts: all >= 0
+        else:  # floats, and online_learning_rate (None = learning_rate)
+            values[f.name] = r.float(f.name, nullable=default is None)
+    unknown = sorted(set(r.doc) - {f.name for f in fields(OnlineHeadConfig)})
+    if unknown:
+        r.fail(unknown[0], "unknown setting (written by a newer infantino?)")
+    try:
+        return OnlineHeadConfig(**values)
+    except (ValueError, TypeError) as e:
+        raise StateFileError(f"{r.prefix.rstrip('.')}: {e}") from None
+
+
+def _classes_from_state(h: StateReader) -> tuple[str, ...]:
+    v = h.raw("classes")
+    if (not isinstance(v, list) or len(v) < 3 or not all(isinstance(c, str) and 0 < len(c) <= 100 for c in v)
+            or len(set(v)) != len(v)):
+        h.fail("classes", "must be a list of at least 3 distinct class names")
+    return tuple(v)
+
+
+def _library_versions() -> dict:
+    """Who wrote the file (informational; loading does not depend on it)."""
+    sk = sys.modules.get("sklearn")  # imported by any fitted head; an unfitted one should not pay for it
+    return {"numpy": np.__version__, "scikit-learn": getattr(sk, "__version__", None)}
 
 
 def _step(mlp, X: np.ndarray, y: np.ndarray, w: np.ndarray | None, classes: np.ndarray) -> None:

@@ -74,6 +74,7 @@ class SessionConfig:
     register: bool = True
     progress: bool = True
     strict: bool = False                # a bad sample ends the session (default: skipped with a warning)
+    migrate_legacy_state: bool = False  # trust a legacy head_state.pkl: read it once, write head_state.npz beside it
 
     def validate(self) -> None:
         if self.eval_every < 1:
@@ -244,7 +245,7 @@ class OnlineSession:
         if tracking.is_mlflow_uri(src):
             self.source_extractor_version = registry_extractor_version(src, prefix)
         log.info("online head from %s", self._head_dir)
-        return OnlineHead.load(self._head_dir / STATE_FILE)
+        return OnlineHead.load(self._head_dir, trust_legacy_pickle=self.config.migrate_legacy_state)
 
     def extractor(self):
         """(model, config), loaded on first use and checked against the head's extractor_id."""
@@ -437,7 +438,7 @@ class OnlineSession:
 
 def log_head(tracker, head_dir: Path, head: OnlineHead, register: bool = True, prefix: str = "infantino",
              extractor_version: str | None = None) -> str | None:
-    """Log the head (sklearn flavour + head_state.pkl + head.infh) into the tracker's run; register it.
+    """Log the head (sklearn flavour + head_state.npz + head.infh) into the tracker's run; register it.
 
     Returns the registered version of <prefix>-head (None when not registering).
     """

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .statefile import StateReader, rng_to_state
+
 REPLAY_POLICIES = ("class_balanced", "reservoir")
 
 
@@ -58,10 +60,37 @@ class ReplayBuffer:
         return self.size
 
     def __setstate__(self, state: dict) -> None:
-        """Unpickle; buffers saved before probabilities were stored replay their targets as probabilities."""
+        """Legacy state files (pickles, read only when migrating): buffers saved before probabilities were stored
+        replay their targets as probabilities."""
         self.__dict__.update(state)
         if "P" not in state:
             self.P = self.T.copy()
+
+    def to_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(JSON fields, arrays) of the whole buffer, for a state file (statefile.pack)."""
+        doc = {"capacity": self.capacity, "policy": self.policy, "size": int(self.size), "n_seen": int(self.n_seen),
+               "rng": rng_to_state(self.rng)}
+        return doc, {"X": self.X, "T": self.T, "w": self.w, "P": self.P, "cls": self.cls,
+                     "seen_per_class": self.seen_per_class}
+
+    @classmethod
+    def from_state(cls, r: StateReader, dim: int, n_classes: int) -> "ReplayBuffer":
+        """The buffer to_state() described, every field checked (shapes, dtypes, ranges, finite values)."""
+        cap = r.int("capacity")
+        size = r.int("size", 0, cap)
+        obj = cls.__new__(cls)  # not __init__: it would allocate `capacity` rows before the arrays are checked
+        obj.capacity, obj.policy, obj.size = cap, r.str("policy", REPLAY_POLICIES), size
+        obj.n_seen = r.int("n_seen", size)
+        obj.X = r.array("X", (cap, dim), np.float32)
+        obj.T = r.array("T", (cap, n_classes), np.float32, lo=0.0)
+        obj.w = r.array("w", (cap,), np.float32, lo=0.0)
+        obj.P = r.array("P", (cap, n_classes), np.float32, lo=0.0)
+        obj.cls = r.array("cls", (cap,), np.int64, lo=0, hi=n_classes - 1)
+        obj.seen_per_class = r.array("seen_per_class", (n_classes,), np.int64, lo=0)
+        if int(obj.seen_per_class.sum()) != obj.n_seen:
+            r.fail("seen_per_class", f"sums to {int(obj.seen_per_class.sum())}, but n_seen is {obj.n_seen}")
+        obj.rng = r.rng("rng")
+        return obj
 
     def class_counts(self) -> np.ndarray:
         """How many stored entries each class has."""
@@ -144,6 +173,32 @@ class TeacherAnchors:
 
     def __len__(self) -> int:
         return len(self.X)
+
+    def to_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(JSON fields, arrays) of the set and its rotation position, for a state file (statefile.pack)."""
+        doc = {"weight": self.weight, "cursor": int(self.cursor), "rng": rng_to_state(self.rng)}
+        return doc, {"X": self.X, "P": self.P, "order": self.order}
+
+    @classmethod
+    def from_state(cls, r: StateReader, dim: int, n_classes: int) -> "TeacherAnchors":
+        """The set to_state() described (continuing the same rotation), every field checked."""
+        n = r.rows("X")
+        if n < 1:
+            r.fail("X", "a teacher anchor set has at least one row (an empty set is stored as null)")
+        obj = cls.__new__(cls)  # not __init__: it would draw a new rotation order
+        obj.X = r.array("X", (n, dim), np.float32)
+        obj.P = r.array("P", (n, n_classes), np.float32, lo=0.0)
+        if np.any(obj.P.sum(1) <= 0):
+            r.fail("P", "a row has no probability mass")
+        obj.weight = r.float("weight", lo=0.0)
+        if obj.weight <= 0:
+            r.fail("weight", "must be > 0")
+        obj.order = r.array("order", (n,), np.int64)
+        if not np.array_equal(np.sort(obj.order), np.arange(n)):
+            r.fail("order", f"is not a permutation of 0..{n - 1}")
+        obj.cursor = r.int("cursor", 0, n)
+        obj.rng = r.rng("rng")
+        return obj
 
     def take(self, k: int) -> np.ndarray:
         """Indices of the next k anchors of the rotation (all of them if k >= the set's size)."""

@@ -73,7 +73,9 @@ class FleetConfig(_Strict):
                                            ".tar): gives the extractor id and the head devices start with")
     initial_head: Optional[ExistingFile] = Field(None, description="instead of bundle: the bundle's head.infh "
                                                  "(it names its extractor id)")
-    head_state: ExistingPath = Field(..., description="OnlineHead state (head_state.pkl or its directory) to start from")
+    head_state: ExistingPath = Field(..., description="OnlineHead state (head_state.npz or its directory) to start from")
+    migrate_legacy_state: bool = Field(False, description="head_state is a legacy head_state.pkl you trust (a "
+                                       "pickle runs code when loaded): read it once, write head_state.npz beside it")
     devices: Optional[list[str]] = Field(None, description="the fleet's device ids: samples from any other device "
                                          "are refused (required unless allow_any_device)")
     allow_any_device: bool = Field(False, description="accept samples from any device that names this fleet "
@@ -202,8 +204,10 @@ class VersionRecord:
 class FleetState:
     """A fleet's online head, the head devices hold (last published) and recently seen sample ids, on disk.
 
-    Checkpoint = write online.<gen>.pkl and published.<gen>.infh, then service.json naming them (atomic rename):
-    a crash leaves the previous checkpoint or the new one, never a mix. `floor` is the highest version ever
+    Checkpoint = write online.<gen>.npz and published.<gen>.infh, then service.json naming them (atomic rename):
+    a crash leaves the previous checkpoint or the new one, never a mix. A checkpoint of an older version names
+    online.<gen>.pkl (a pickle): the service wrote it itself, so it is migrated on open (with a warning) and a new
+    checkpoint is written at once. `floor` is the highest version ever
     published (durable in published.rec, written before each publish); when it is above the checkpoint's
     published head, the weights devices hold are unknown here until the broker's retained head is adopted.
     """
@@ -238,7 +242,12 @@ class FleetState:
         if meta_path.exists():
             try:
                 meta = json.loads(meta_path.read_text())
-                online = OnlineHead.load(state_dir / meta["online_file"])
+                online_file = state_dir / Path(str(meta["online_file"])).name
+                legacy = online_file.suffix == ".pkl"
+                if legacy:
+                    log.warning("fleet state %s: checkpoint %s is a legacy pickle written by an older version of "
+                                "this service; migrating it to the npz state format", state_dir, online_file.name)
+                online = OnlineHead.load(online_file, trust_legacy_pickle=legacy)
                 published = Head.from_bytes((state_dir / meta["published_file"]).read_bytes())
             except (KeyError, ValueError, OSError, HeadError, InfantinoError) as e:
                 raise InfantinoError(f"service state in {state_dir} is unreadable ({e}); restore it from a backup "
@@ -247,6 +256,8 @@ class FleetState:
                      int(meta.get("learned", 0)), dedupe_window, intent.get("version"), intent.get("sha256"))
             st.record = record
             if not read_only:
+                if legacy:
+                    st.commit()  # service.json then names the npz checkpoint; the pickle is removed as stale
                 st._remove_stale_files()
             log.info("fleet state %s: checkpoint at published head v%d, last published version v%d "
                      "(%d samples learned)", state_dir, published.version, st.floor, st.learned)
@@ -277,7 +288,7 @@ class FleetState:
     def commit(self) -> None:
         """Checkpoint everything (online head state, published head, seen ids, counters)."""
         gen = self.gen + 1
-        online_file, published_file = f"online.{gen}.pkl", f"published.{gen}.infh"
+        online_file, published_file = f"online.{gen}.npz", f"published.{gen}.infh"
         self.online.save(self.dir / online_file)
         atomic_write_bytes(self.dir / published_file, self.published.to_bytes())
         meta = {"gen": gen, "online_file": online_file, "published_file": published_file,
@@ -288,8 +299,9 @@ class FleetState:
         self._remove_stale_files()
 
     def _remove_stale_files(self) -> None:
-        keep = {f"online.{self.gen}.pkl", f"published.{self.gen}.infh"}
-        for p in list(self.dir.glob("online.*.pkl")) + list(self.dir.glob("published.*.infh")):
+        keep = {f"online.{self.gen}.npz", f"published.{self.gen}.infh"}
+        stale = [p for pattern in ("online.*.npz", "online.*.pkl", "published.*.infh") for p in self.dir.glob(pattern)]
+        for p in stale:
             if p.name not in keep:
                 try:
                     p.unlink()
@@ -346,7 +358,7 @@ class FleetWorker:
             self.extractor_id = bundle_head.extractor_id
 
         def fresh():
-            online = OnlineHead.load(cfg.head_state)
+            online = OnlineHead.load(cfg.head_state, trust_legacy_pickle=cfg.migrate_legacy_state)
             if online.extractor_id and online.extractor_id != self.extractor_id:
                 raise ConfigError(f"fleet {cfg.name}: head_state was trained on extractor {online.extractor_id[:12]}…, "
                                   f"the bundle runs {self.extractor_id[:12]}…")

@@ -23,7 +23,7 @@ from typing import Iterable
 from infantino.runtime.cachedir import CACHE_ENV
 from infantino.runtime.cachedir import cache_dir as runtime_cache_dir
 from infantino.runtime.contract.errors import InfantinoError
-from infantino.runtime.contract.layout import EXTRACTOR_FILE, HEAD_FILE, HEAD_STATE_FILE
+from infantino.runtime.contract.layout import EXTRACTOR_FILE, HEAD_FILE, HEAD_STATE_FILE, LEGACY_HEAD_STATE_FILE
 
 from .realface_guard import OVERRIDE_FLAG, GuardPolicy, RealFaceAgreement, RealFaceRegression
 
@@ -522,16 +522,18 @@ def resolve_head_file(uri_or_path: str | os.PathLike, dst: str | os.PathLike | N
 
 def resolve_head(uri_or_path: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
     """The folder holding an online head's state and head.infh (to continue learning): from
-    models:/infantino-head@champion or a local path (a file means its folder)."""
+    models:/infantino-head@champion or a local path (a file means its folder). A folder whose state is only the
+    legacy head_state.pkl counts too (OnlineHead.load migrates it when trusted); the shallowest folder wins."""
     s = str(uri_or_path)
     p = Path(s).expanduser()
     src = str(p.parent) if not is_mlflow_uri(s) and p.is_file() else s
     where = _local_or_downloaded(src, dst, "head", f"give a folder holding {HEAD_STATE_FILE} and {HEAD_FILE}, "
                                  f"or models:/{HEAD_MODEL}@{CHAMPION}", file_ok=False)
-    d = _find(where, [HEAD_STATE_FILE, HEAD_FILE])
-    if d is None:
-        raise InfantinoError(f"no {HEAD_STATE_FILE} + {HEAD_FILE} in {s}")
-    return d
+    found = [d for d in (_find(where, [HEAD_STATE_FILE, HEAD_FILE]), _find(where, [LEGACY_HEAD_STATE_FILE, HEAD_FILE]))
+             if d is not None]
+    if not found:
+        raise InfantinoError(f"no {HEAD_STATE_FILE} (or legacy {LEGACY_HEAD_STATE_FILE}) + {HEAD_FILE} in {s}")
+    return min(found, key=lambda d: len(d.relative_to(where).parts))
 
 
 def model_version_info(name: str, alias: str = CHAMPION) -> dict:

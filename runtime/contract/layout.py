@@ -15,6 +15,7 @@ REFERENCE_FILE = "reference.npz"     # reference inputs and PyTorch embeddings f
 # a trainer output folder (`infantino-train fit`, the registry's artifacts)
 EXTRACTOR_FILE = "extractor.pt"      # best checkpoint (config + state dict)
 LAST_FILE = "last.pt"                # last epoch, for --resume
-HEAD_STATE_FILE = "head_state.pkl"   # OnlineHead state (weights, optimizer, replay, calibration, teacher anchors)
+HEAD_STATE_FILE = "head_state.npz"   # OnlineHead state: arrays + state.json, no pickle (trainer.statefile)
+LEGACY_HEAD_STATE_FILE = "head_state.pkl"  # the old pickle state: read only to migrate, when trusted
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion.png"

@@ -1,7 +1,7 @@
 """Train the feature extractor (timm backbone -> 64-d embedding) and the MLP head, log and register in MLflow.
 
 Runs unchanged under `torchrun --nproc_per_node N` (PyTorch DDP: gloo on CPU, nccl on GPUs). Writes
-extractor.pt (best epoch), last.pt (for --resume), head_state.pkl, head.infh, confusion.png and metrics.json
+extractor.pt (best epoch), last.pt (for --resume), head_state.npz, head.infh, confusion.png and metrics.json
 into --out. The MLflow store defaults to sqlite:///./mlflow.db (local, no network)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Online learning over a stream of labelled samples: OnlineHead.learn_one per sample (replay, conformal
 recalibration, a new head version per update), tracked as one MLflow run with a step-indexed accuracy curve;
-the resulting head is written to --out (head_state.pkl, head.infh, session.json) and registered as
+the resulting head is written to --out (head_state.npz, head.infh, session.json) and registered as
 <prefix>-head at the end (and every --register-every updates).
 
 --data: an image folder (one sub-folder per class, face crops; embedded with the head's extractor), a .npz with
@@ -22,8 +22,11 @@ HELP = "learn online from a stream of labelled samples (folder, .npz, .jsonl or 
 def add_arguments(p) -> None:
     d = SessionConfig()
     p.add_argument("--data", required=True, help="image folder, .npz, .jsonl, or - (JSON lines on stdin)")
-    p.add_argument("--head", help="head folder (with head_state.pkl) or MLflow URI "
+    p.add_argument("--head", help="head folder (with head_state.npz) or MLflow URI "
                                   "(default models:/<prefix>-head@champion)")
+    p.add_argument("--migrate-legacy-state", action="store_true",
+                   help="the head's state is a legacy head_state.pkl you trust (a pickle runs code when loaded): "
+                        "read it once and write head_state.npz beside it")
     p.add_argument("--extractor", help="extractor.pt, a folder holding it, or an MLflow URI (default: beside "
                                        "the head, else the registry's matching/champion extractor)")
     p.add_argument("--out", default=d.out, help=f"output folder for the learned head (default {d.out})")
@@ -58,7 +61,8 @@ def run(args) -> int:
                         eval_every=args.eval_every, register_every=args.register_every, limit=args.limit,
                         seed=args.seed, head_settings=settings, tracking=args.tracking,
                         tracking_uri=args.tracking_uri, experiment=args.experiment,
-                        registry_prefix=args.registry_prefix, register=args.register, strict=args.strict)
+                        registry_prefix=args.registry_prefix, register=args.register, strict=args.strict,
+                        migrate_legacy_state=args.migrate_legacy_state)
     res = OnlineSession(cfg).run(args.data)
     if args.json:
         print(json.dumps(res.to_dict(), indent=2, default=str))
