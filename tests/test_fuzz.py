@@ -41,7 +41,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize
                                        HealthCheck.function_scoped_fixture])
 COUNTS: dict[str, dict[str, int]] = {}  # parser -> outcome -> count (fuzz_report.py writes them out)
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 64, 2 ** 64) | st.floats(allow_nan=True)
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 64, 2 ** 64) | st.floats(allow_nan=True, allow_subnormal=False)
                     | st.text(max_size=40),
                     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
                     max_leaves=20)
