@@ -121,6 +121,8 @@ def test_acl_device_writes_only_its_topics_and_reads_only_its_fleet_head(secure_
         # the trainer may publish the fleet head; the fleet's device receives it
         p = trainer.publish(T.fleet_head("nursery"), b"head v1", qos=1, retain=True)
         assert p.wait(5) and p.reason_code == 0
+        p = trainer.publish(T.fleet_service_status("nursery"), b"{}", qos=1, retain=True)  # its fleet status
+        assert p.wait(5) and p.reason_code in (0, 0x10)
         deadline = time.monotonic() + 3
         while not heads and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -52,6 +52,7 @@ from infantino.runtime.pipeline import Pipeline
 from .online_head import OnlineHead
 from .realface_guard import GuardPolicy, embed_heldout, head_agreement, pretrained_baseline
 from .tracking import configure_tracking, ensure_experiment
+from .web.config import ServiceWebConfig
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ class TrainerServiceConfig(_Strict):
     max_sample_bytes: int = Field(64 << 10, ge=1024, le=16 << 20, description="larger sample messages are refused "
                                   "before they are parsed")
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    web: ServiceWebConfig = Field(default_factory=ServiceWebConfig)
 
     @model_validator(mode="after")
     def _unique(self):
@@ -595,6 +597,10 @@ class UpdateService:
         for topic in self.by_head_topic:
             self.link.subscribe(topic, self._on_head_message, qos=1)
         self.link.add_on_connect(lambda sp: self.inbox.put(("connected", None)))
+        self.device_status: dict[str, dict] = {}  # device id -> its last retained status (web page, metrics)
+        self.metrics = self.web = None
+        if config.web.enabled and not read_only:
+            self._start_web_side()
         self.tracker = None
         if config.mlflow.enabled:
             self.tracker = VersionTracker(config.mlflow, {
@@ -602,8 +608,78 @@ class UpdateService:
                 "compression": config.compression, "service_id": config.service_id})
         self._thread = threading.Thread(target=self._loop, name="infantino-update-service", daemon=True)
 
+    # ---- web page, API and metrics ------------------------------------------------------------------
+    def _start_web_side(self) -> None:
+        """Metrics, device statuses (their retained status topics) and the web server object (started later)."""
+        from .web.app import WebServer, create_app  # optional: fastapi/uvicorn only when web.enabled
+        from .web.metrics import ServiceMetrics
+
+        self.metrics = ServiceMetrics()
+        self.link.subscribe(self.topics.status("+"), self._on_status, qos=0)
+        self.web = WebServer(create_app(self, self.config.web), self.config.web)
+
+    def _on_status(self, msg: Message) -> None:
+        """A device's retained status (network thread: parse, keep the newest, bounded)."""
+        try:
+            device = self.topics.device_from_topic(msg.topic)
+            status = json.loads(msg.payload) if len(msg.payload) <= 64 << 10 else None
+        except ValueError:
+            return
+        if isinstance(status, dict) and (device in self.device_status or len(self.device_status) < 100_000):
+            status["received_at"] = time.time()
+            self.device_status[device] = status
+
+    def fleet_of(self, device: str) -> Optional[str]:
+        """The fleet a device is listed in (None for devices only an allow_any_device fleet accepts)."""
+        for f in self.config.fleets:
+            if f.devices and device in f.devices:
+                return f.name
+        return None
+
+    def fleet_report(self) -> dict:
+        """Every fleet: published head, samples learned, head history (last 50 versions, held back ones
+        included) with real-face agreement, and its devices from their retained statuses."""
+        now = time.time()
+        by_fleet: dict[Optional[str], list[dict]] = {}
+        for dev, st in sorted(self.device_status.items()):
+            by_fleet.setdefault(self.fleet_of(dev), []).append({
+                "device_id": dev, "online": st.get("state") == "online", "head_version": st.get("head_version"),
+                "fps": st.get("fps"), "camera": st.get("camera"), "rejections": st.get("rejections") or {},
+                "last_update": (st.get("last_update") or {}).get("message"),
+                "age_s": round(now - float(st.get("timestamp") or st["received_at"]), 1)})
+        history = sorted(list(self.published) + list(self.held_back), key=lambda u: u.published_at)
+        tracker = self.tracker
+        fleets = []
+        for name, w in self.fleets.items():
+            hist = [{"version": u.version, "held_back": u.held_back, "samples": u.samples,
+                     "learned_total": u.learned_total, "realface_agreement": u.realface_agreement,
+                     "time": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(u.published_at))}
+                    for u in history if u.fleet == name][-50:][::-1]
+            fleets.append({"fleet": name, "published_version": w.state.published.version,
+                           "samples_learned": w.state.learned, "held_back": w.guard.held_back if w.guard else 0,
+                           "history": hist, "devices": by_fleet.get(name, []),
+                           "mlflow_run_id": tracker.runs.get(name) if tracker else None,
+                           "mlflow_experiment_id": getattr(tracker, "experiment_id", None) if tracker else None})
+        if by_fleet.get(None):
+            fleets.append({"fleet": "(any-device fleets)", "published_version": None, "samples_learned": None,
+                           "held_back": 0, "history": [], "devices": by_fleet[None], "mlflow_run_id": None,
+                           "mlflow_experiment_id": None})
+        return {"fleets": fleets, "generated_at": now}
+
+    def metrics_text(self) -> bytes:
+        """Prometheus text; device gauges computed from the statuses at scrape time."""
+        m = self.metrics
+        m.devices.clear()
+        for dev, st in self.device_status.items():
+            m.devices.labels(self.fleet_of(dev) or "", "online" if st.get("state") == "online" else "offline").inc()
+        for name, w in self.fleets.items():
+            m.version.labels(name).set(w.state.published.version)
+        return m.text()
+
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "UpdateService":
+        if self.web is not None:
+            self.web.start()
         if self.tracker is not None:
             self.tracker.start()
         self._thread.start()
@@ -635,6 +711,8 @@ class UpdateService:
         self.stop_event.set()
         self._thread.join(timeout=30)
         self.link.stop(timeout=3.0)
+        if self.web is not None:
+            self.web.stop()
         for w in self.fleets.values():
             if w.state.record is not None:
                 w.state.record.close()
@@ -694,6 +772,7 @@ class UpdateService:
 
     def _handle_sample(self, msg: Message) -> None:
         self.counters["received"] += 1
+        w = None
         try:
             if len(msg.payload) > self.config.max_sample_bytes:
                 raise ValueError(f"sample of {len(msg.payload)} bytes exceeds the {self.config.max_sample_bytes}-byte "
@@ -711,30 +790,39 @@ class UpdateService:
                 raise ValueError(f"sample embedding comes from extractor {sample.extractor_id[:12]}…, fleet "
                                  f"{w.name} runs {w.extractor_id[:12]}…")
         except ValueError as e:
-            self.counters["invalid"] += 1
+            self._count("invalid", w.name if w is not None else "")
             log.warning("sample on %s refused: %s", msg.topic, short_error(e))
             self.link.ack(msg)  # nothing to learn: never redeliver
             return
         w.unacked.append(msg)
         if w.state.seen_before(sample.sample_id):
-            self.counters["duplicates"] += 1
+            self._count("duplicates", w.name)
             log.debug("sample %s seen before (redelivery); dropped", sample.sample_id)
             return
+        t0 = time.perf_counter()
         try:
             outcome = w.learn(sample)
             if w.first_received_at is None:
                 w.first_received_at = msg.received_at
         except (ValueError, InfantinoError) as e:
-            self.counters["invalid"] += 1
+            self._count("invalid", w.name)
             log.warning("sample %s from %s not learnable: %s", sample.sample_id, device, e)
             w.state.remember(sample.sample_id)
             return
         except Exception:  # a bug, not bad input: say so loudly, and do not let it block the stream
-            self.counters["invalid"] += 1
+            self._count("invalid", w.name)
             log.exception("learning sample %s from %s failed", sample.sample_id, device)
             w.state.remember(sample.sample_id)
             return
-        self.counters["learned" if outcome != "dropped" else "dropped"] += 1
+        if self.metrics is not None:
+            self.metrics.learn_seconds.labels(w.name).observe(time.perf_counter() - t0)
+        self._count("learned" if outcome != "dropped" else "dropped", w.name)
+
+    def _count(self, outcome: str, fleet: str) -> None:
+        """One sample's outcome in the counters (and the metrics, with its fleet when known)."""
+        self.counters[outcome] += 1
+        if self.metrics is not None:
+            self.metrics.samples.labels(fleet, outcome).inc()
 
     def _handle_retained(self, msg: Message) -> None:
         w = self.by_head_topic.get(msg.topic)
@@ -785,6 +873,8 @@ class UpdateService:
         self.held_back.append(pu)
         if self.tracker is not None:
             self.tracker.record(pu)
+        if self.metrics is not None:
+            self.metrics.held_back.labels(w.name).inc()
         self._publish_status(w)
 
     def _publish_status(self, w: FleetWorker) -> None:
@@ -828,6 +918,10 @@ class UpdateService:
                  len(sample_ids), f"delta {len(delta)} B" if delta else "no delta", len(full))
         if self.tracker is not None:
             self.tracker.record(pu)
+        if self.metrics is not None:
+            self.metrics.published.labels(w.name).inc()
+            if pu.realface_agreement is not None:
+                self.metrics.agreement.labels(w.name).set(pu.realface_agreement)
         self._publish_status(w)
         for fn in list(self.on_published):
             try:

@@ -1,0 +1,142 @@
+"""The fleet page and its API: every device of every fleet (from retained statuses), each fleet's head history
+with samples learned and real-face agreement, links into MLflow, and /metrics. A bearer token (or the cookie the
+login form sets) is required whenever one is configured, which it must be for a non-loopback bind."""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import logging
+import threading
+from typing import Optional
+
+import uvicorn
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from .config import ServiceWebConfig
+
+log = logging.getLogger(__name__)
+
+COOKIE = "infantino_service_token"
+
+
+def create_app(service, cfg: ServiceWebConfig) -> FastAPI:
+    """The FastAPI app over an UpdateService (its fleet_report() and metrics)."""
+    token = cfg.token()
+    app = FastAPI(title="InfantinO Edge update service", version="1",
+                  description="Fleet status, head history and metrics of the online-learning update service.")
+
+    def authorized(request: Request) -> bool:
+        if token is None:
+            return True
+        given = request.headers.get("authorization", "")
+        given = given[7:] if given.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def require(request: Request) -> None:
+        if not authorized(request):
+            raise HTTPException(401, "a valid token is required (Authorization: Bearer <token>, or log in at /)")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page(request: Request):
+        if not authorized(request):
+            return HTMLResponse(LOGIN_PAGE, status_code=401)
+        return HTMLResponse(render_page(service.fleet_report(), cfg.mlflow_ui))
+
+    @app.post("/login", include_in_schema=False)
+    def login(token_field: str = Form(..., alias="token")):
+        if token is None or not hmac.compare_digest(token_field.encode(), token.encode()):
+            return HTMLResponse(LOGIN_PAGE.replace("<!--msg-->", "<p class=bad>wrong token</p>"), status_code=401)
+        resp = RedirectResponse("/", status_code=303)
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return resp
+
+    @app.get("/v1/fleets", summary="every fleet: published head, history, devices")
+    def fleets(request: Request):
+        require(request)
+        return JSONResponse(service.fleet_report())
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    def metrics(request: Request):
+        require(request)
+        return Response(service.metrics_text(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+class WebServer:
+    """uvicorn in a thread of its own (its own event loop): the service never waits for a browser."""
+
+    def __init__(self, app: FastAPI, cfg: ServiceWebConfig):
+        self.server = uvicorn.Server(uvicorn.Config(app, host=cfg.bind, port=cfg.port, log_level="warning",
+                                                    access_log=False, lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, name="infantino-service-web", daemon=True)
+        self.cfg = cfg
+
+    def start(self) -> "WebServer":
+        self.thread.start()
+        log.info("fleet page on http://%s:%d/", self.cfg.bind, self.cfg.port)
+        return self
+
+    @property
+    def started(self) -> bool:
+        return bool(self.server.started)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=5)
+
+
+LOGIN_PAGE = """<!doctype html><html><head><meta charset=utf-8><title>InfantinO fleet</title>
+<style>body{font-family:system-ui,sans-serif;margin:3em}.bad{color:#b00}</style></head>
+<body><h1>InfantinO Edge: fleet</h1><!--msg--><form method=post action=/login>
+<label>Token <input name=token type=password autofocus></label> <button>Open</button></form></body></html>"""
+
+
+def _fmt(v, spec: str = "") -> str:
+    if v is None:
+        return "–"
+    return format(v, spec) if spec else str(v)
+
+
+def render_page(report: dict, mlflow_ui: Optional[str]) -> str:
+    """The fleet page: one section per fleet (devices, head history); refreshes itself every 3 s."""
+    e = html.escape
+    parts = []
+    for f in report["fleets"]:
+        rows = "".join(
+            f"<tr class={'on' if d['online'] else 'off'}><td>{e(d['device_id'])}</td>"
+            f"<td>{'online' if d['online'] else 'offline'}</td><td>{_fmt(d['head_version'])}"
+            f"{' <b class=behind>behind</b>' if (d['head_version'] or 0) < (f['published_version'] or 0) else ''}</td>"
+            f"<td>{_fmt(d['fps'], '.1f')}</td><td>{e(_fmt(d['camera']))}</td><td>{e(_fmt(d['last_update']))}</td>"
+            f"<td>{e(', '.join(f'{k}: {v}' for k, v in (d['rejections'] or {}).items()) or '–')}</td>"
+            f"<td>{_fmt(d['age_s'], '.0f')} s</td></tr>" for d in f["devices"]) or \
+            "<tr><td colspan=8>no device status yet</td></tr>"
+        hist = "".join(
+            f"<tr class={'held' if h['held_back'] else ''}><td>v{h['version']}</td>"
+            f"<td>{'held back' if h['held_back'] else 'published'}</td><td>{h['samples']}</td>"
+            f"<td>{h['learned_total']}</td><td>{_fmt(h['realface_agreement'], '.3f')}</td>"
+            f"<td>{e(h['time'])}</td></tr>" for h in f["history"]) or "<tr><td colspan=6>nothing yet</td></tr>"
+        run = f.get("mlflow_run_id")
+        link = (f" · <a href='{e(mlflow_ui.rstrip('/'))}/#/experiments/{e(f['mlflow_experiment_id'] or '')}/runs/"
+                f"{e(run)}'>MLflow run</a>") if mlflow_ui and run else (f" · MLflow run {e(run)}" if run else "")
+        parts.append(
+            f"<section><h2>Fleet {e(f['fleet'])}</h2><p>published head <b>v{f['published_version']}</b> · "
+            f"{f['samples_learned']} samples learned · {f['held_back']} version(s) held back by the real-face "
+            f"guard{link}</p><h3>Devices</h3><table><tr><th>device</th><th>state</th><th>head</th><th>fps</th>"
+            f"<th>camera</th><th>last update</th><th>rejections</th><th>status age</th></tr>{rows}</table>"
+            f"<h3>Head history</h3><table><tr><th>version</th><th></th><th>samples</th><th>learned total</th>"
+            f"<th>real-face agreement</th><th>when (UTC)</th></tr>{hist}</table></section>")
+    return PAGE.replace("<!--body-->", "".join(parts)).replace("<!--json-->", e(json.dumps(report["generated_at"])))
+
+
+PAGE = """<!doctype html><html><head><meta charset=utf-8><title>InfantinO fleet</title>
+<meta http-equiv=refresh content=3>
+<style>body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin-bottom:1em}
+td,th{border-bottom:1px solid #ddd;padding:.25em .7em;text-align:left;font-size:14px}th{background:#f4f4f4}
+tr.off td{color:#999}tr.held td{color:#b36b00}.behind{color:#b36b00;font-size:12px}section{margin-bottom:2em}h2{margin-bottom:.2em}
+small{color:#777}</style></head><body><h1>InfantinO Edge · fleets</h1>
+<small>statuses and figures only: no image ever reaches this page · refreshed every 3 s ·
+<a href=/v1/fleets>JSON</a> · <a href=/metrics>metrics</a> · <a href=/docs>API</a></small><!--body--></body></html>"""
