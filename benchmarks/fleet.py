@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from infantino.benchmarks.broker import MosquittoBroker
-from infantino.benchmarks.loopbench import HeadHolder, _fit_online_head, _pct
+from infantino.benchmarks.loopbench import HeadHolder, _fit_online_head, _pct, stop_service
 from infantino.device.config import DeviceConfig
 from infantino.device.daemon import BundleFacts, DeviceDaemon
 from infantino.runtime.configfile import validate_config
@@ -186,11 +185,5 @@ def measure_fleet(devices: int = 50, seconds: float = 60.0, rate: float = 1.0, *
         for d in daemons:
             d.stop()
         watcher.stop()
-        svc.send_signal(signal.SIGTERM)
-        try:
-            svc.wait(30)
-        except subprocess.TimeoutExpired:
-            svc.kill()
-            svc.wait()
-        svc_log.close()
+        stop_service(svc, svc_log)
         broker.kill()

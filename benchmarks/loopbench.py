@@ -111,6 +111,17 @@ def payload_and_apply_figures(head, next_head, private_key, public_key, state_di
     return {"payload_bytes": sizes, "apply_ms": apply_ms, "weights": int(sum(w.size for w in head.weights))}
 
 
+def stop_service(svc: subprocess.Popen, log_file) -> None:
+    """SIGTERM the update service (it publishes, persists and acknowledges), kill it after 30 s, close its log."""
+    svc.send_signal(signal.SIGTERM)
+    try:
+        svc.wait(30)
+    except subprocess.TimeoutExpired:
+        svc.kill()
+        svc.wait()
+    log_file.close()
+
+
 def measure_loop(n: int = 100, *, delta_dtype: str = "float32", hidden=(100,), persistence: str = "periodic",
                  workdir: str | Path | None = None, broker=None, timeout_s: float = 10.0, seed: int = 0) -> dict:
     """End-to-end latency (sample published -> head applied on the device) p50/p95/p99 over `n` updates,
@@ -207,13 +218,7 @@ def measure_loop(n: int = 100, *, delta_dtype: str = "float32", hidden=(100,), p
     finally:
         daemon.request_stop()
         daemon.stop()
-        svc.send_signal(signal.SIGTERM)
-        try:
-            svc.wait(30)
-        except subprocess.TimeoutExpired:
-            svc.kill()
-            svc.wait()
-        svc_log.close()
+        stop_service(svc, svc_log)
         if own_broker:
             broker.stop()
     return {
