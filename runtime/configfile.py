@@ -134,6 +134,9 @@ def _model_in(ann) -> type[BaseModel] | None:
     return None
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; bigger is a mistake (or an attack on the parser)
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
     """Parse a YAML mapping; ConfigError with the line number on syntax errors."""
     try:
@@ -142,13 +145,19 @@ def read_yaml(path: str | os.PathLike) -> dict:
         raise ConfigError("reading config files needs PyYAML: pip install pyyaml") from e
     p = Path(path)
     try:
+        if p.is_file() and p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: {p.stat().st_size} bytes is not a config file (limit {MAX_CONFIG_BYTES})")
         text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {p}") from None
     except IsADirectoryError:
         raise ConfigError(f"config path is a directory, not a file: {p}") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:  # deeply nested flow collections ([[[[...): PyYAML recurses per level
+        raise ConfigError(f"{p}: nested too deeply to be a config file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

@@ -316,3 +316,33 @@ def test_decode_image_refuses_a_pixel_bomb_before_decoding():
     for bad, msg in ((b"", "empty"), (b"GIF89a....", "not a PNG"), (b"\xff\xd8\xff" * 4, "not a PNG|decoded")):
         with pytest.raises(ImageError, match=msg):
             decode_image(bad)
+
+
+@FUZZ
+@given(text=st.one_of(st.text(max_size=400), st.binary(max_size=400).map(lambda b: b.decode("latin-1")),
+                      st.integers(1, 2000).map(lambda n: "a: " + "[" * n + "]" * n)))
+def test_fuzz_config_files(tmp_path_factory, text):
+    """Raw config file text through read_yaml + validation: a ConfigError or a config, nothing else."""
+    from infantino.runtime.configfile import read_yaml
+
+    p = tmp_path_factory.getbasetemp() / "fuzz-device.yaml"  # one file, rewritten per input
+    p.write_bytes(text.encode("utf-8", "surrogatepass"))
+    try:
+        data = read_yaml(p)
+        validate_config(DeviceConfig, data)
+        _count("config file text", "accepted")
+    except ConfigError:
+        _count("config file text", "rejected")
+
+
+def test_config_files_are_bounded(tmp_path):
+    from infantino.runtime.configfile import read_yaml
+
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"a: 1\n" + b"#" * (2 << 20))
+    with pytest.raises(ConfigError, match="is not a config file"):
+        read_yaml(big)
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"a: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_yaml(bad)
