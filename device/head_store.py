@@ -214,11 +214,16 @@ class HeadStore:
         self.current = new
 
     def _write_temp(self, name: str, data: bytes) -> Path:
+        """`data` in a fsync'd temp file beside `name`; on failure (a full disk) no temp file is left behind."""
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.dir)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            os.unlink(tmp)
+            raise
         return Path(tmp)
 
     def rollback(self) -> Head:

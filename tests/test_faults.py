@@ -115,6 +115,7 @@ def test_full_disk_and_read_only_state_dir_refuse_the_update_and_keep_the_head(t
         res = ota.handle(hu.encode_full(device_heads[2], sk, fleet="nursery"))
         assert res.reason == "persist_failed" and "No space left" in res.message, res
         assert store.current.version == 1 and [h.version for h in swapped] == [1]
+        assert not list((mnt / "state").glob(".*.tmp"))  # the failed write left nothing behind
         assert Head.from_bytes((mnt / "state" / CURRENT).read_bytes()).version == 1
         filler.unlink()
         # the state dir turns read-only under the running daemon (a read-only bind mount over it)
