@@ -85,6 +85,7 @@ class OtaApplier:
         self.rejections: collections.Counter = collections.Counter()
         self.applied = 0
         self.duplicates = 0
+        self.rollbacks = 0
         self.history: collections.deque[OtaResult] = collections.deque(maxlen=history)
         self.last_result: OtaResult | None = None
 
@@ -190,6 +191,7 @@ class OtaApplier:
             res.status, res.version, res.head_version = "rolled_back", good.version, good.version
             res.applied_at = time.time()
             res.message = f"rolled back from v{before.version} to v{good.version}"
+            self.rollbacks += 1
             self._finish(res, journal=False)
         return res
 
