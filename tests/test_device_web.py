@@ -83,8 +83,13 @@ def test_status_live_heads_metrics_and_docs_without_a_token_on_loopback(running)
     img = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
     assert img.shape == (48, 64, 3)
     assert c.get("/live/1.jpg").status_code == 404  # long gone from the live view's few frames
-    r = c.get("/live.jpg")
-    assert r.status_code == 200 and int(r.headers["x-frame-id"]) >= live["frame_id"]
+    r = c.get("/live.jpg")  # what the page polls: the JPEG, with what it shows in X-Live
+    meta = json.loads(r.headers["x-live"])
+    assert r.status_code == 200 and meta["frame_id"] == int(r.headers["x-frame-id"]) >= live["frame_id"]
+    assert meta["faces"][0]["box"] == [0, 0, 64, 48] and (meta["width"], meta["height"]) == (64, 48)
+    assert cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR).shape == (48, 64, 3)
+    assert c.get("/live.jpg", params={"since": 10 ** 9}).status_code == 204  # nothing newer than that
+    assert wait_for(lambda: c.get("/live.jpg", params={"since": meta["frame_id"]}).status_code == 200)
 
     # rate limit: polling faster than live_max_fps encodes at most ~that many frames
     enc0, t0 = c.app.state.live.encoded, time.monotonic()

@@ -7,6 +7,7 @@ pool, never on its event loop, and never on the daemon's threads.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Optional
@@ -111,14 +112,22 @@ def create_app(view: DeviceView, cfg: WebConfig, token: Optional[str] = None,
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     @app.get("/live.jpg", dependencies=[user], tags=["live"], response_class=Response,
-             responses={200: {"content": {"image/jpeg": {}}}})
-    def latest_jpeg():
-        """The newest annotated frame as one JPEG (for scripts and other viewers)."""
+             responses={200: {"content": {"image/jpeg": {}}}, 204: {"description": "nothing newer than ?since="}})
+    def latest_jpeg(since: Optional[int] = None):
+        """The newest annotated frame as one JPEG, its LiveFrameOut (without jpeg_url) in the X-Live header:
+        one request per frame for the page. With ?since=<frame id>, 204 until a newer frame is there."""
         enc = live.current()
         if enc is None:
             raise HTTPException(404, "no frame processed yet")
-        return Response(enc.jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store",
-                                                                     "X-Frame-Id": str(enc.source.frame_id)})
+        s = enc.source
+        if since is not None and s.frame_id <= since:
+            return Response(status_code=204, headers={"Cache-Control": "no-store"})
+        h, w = s.frame.shape[:2]
+        meta = {"frame_id": s.frame_id, "timestamp": s.timestamp, "width": w, "height": h,
+                "head_version": s.head_version, "faces": [f.model_dump() for f in faces_out(s.faces)]}
+        return Response(enc.jpeg, media_type="image/jpeg", headers={
+            "Cache-Control": "no-store", "X-Frame-Id": str(s.frame_id),
+            "X-Live": json.dumps(meta, separators=(",", ":"))})
 
     # ---- API -----------------------------------------------------------------------------------------------
     @app.post("/v1/predict", response_model=PredictOut, dependencies=[user], tags=["api"],

@@ -40,7 +40,7 @@ class LiveEncoder:
     def __init__(self, latest: Callable[[], Optional[LiveSource]], max_fps: float = 5.0, max_width: int = 960,
                  quality: int = 80, keep: int = 4):
         self._latest = latest
-        self.min_gap = 1.0 / max_fps
+        self.min_gap = 0.9 / max_fps  # a little slack: a page polling at exactly max_fps still gets every frame
         self.max_width = max_width
         self.quality = quality
         self._lock = threading.Lock()

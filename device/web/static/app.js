@@ -25,32 +25,33 @@ const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<
 // ---- live view ------------------------------------------------------------------------------------
 async function liveLoop() {
   for (;;) {
+    const t0 = performance.now();
     if (!document.hidden) {
-      try {
-        const r = await api("/v1/live");
-        if (r.status === 200) {
-          const live = await r.json();
-          if (!state.live || live.frame_id !== state.live.frame_id) await showFrame(live);
-        }
+      try {  // one request per frame: the JPEG, and what it shows in the X-Live header
+        const since = state.live ? state.live.frame_id : -1;
+        const r = await api(`/live.jpg?since=${since}`);
+        if (r.status === 200) await showFrame(JSON.parse(r.headers.get("X-Live")), await r.blob());
       } catch (e) { /* the next poll tries again */ }
     }
-    await sleep(1000 / state.maxFps);
+    await sleep(Math.max(0, 1000 / state.maxFps - (performance.now() - t0)));
   }
 }
 
-function showFrame(live) {
+function showFrame(live, blob) {
   return new Promise((resolve) => {
-    const img = new Image();
+    const url = URL.createObjectURL(blob);
+    const img = $("frame");
     img.onload = () => {
-      $("frame").src = img.src;
-      $("frame").dataset.frameId = live.frame_id;
+      if (state.liveUrl) URL.revokeObjectURL(state.liveUrl);
+      state.liveUrl = url;
+      img.dataset.frameId = live.frame_id;
       $("waiting").hidden = true;
       state.live = live;
       drawOverlays();
       resolve();
     };
-    img.onerror = () => resolve();
-    img.src = live.jpeg_url;
+    img.onerror = () => { URL.revokeObjectURL(url); resolve(); };
+    img.src = url;
   });
 }
 
@@ -138,6 +139,7 @@ async function sendLabel(labels) {
   state.selected = null;
   state.multi.clear();
   document.querySelectorAll("#label-buttons button").forEach((b) => b.classList.remove("on"));
+  state.samplesAt = 0;
   await refreshSamples();
 }
 
@@ -267,13 +269,23 @@ document.addEventListener("keydown", (ev) => {
 
 async function every(ms, fn) { for (;;) { if (!document.hidden) await fn(); await sleep(ms); } }
 
+// Polling rates are kept low: every request costs the device CPU that its camera loop could use.
+async function pollSamples() {
+  const busy = state.samples.some((s) => s.state === "held" || s.state === "sending" || s.state === "sent" ||
+    (s.state === "acked" && s.head_version_at_send != null && !(state.headVersion > s.head_version_at_send)));
+  const now = Date.now();
+  if (busy || !state.samplesAt || now - state.samplesAt > 10000) { state.samplesAt = now; await refreshSamples(); }
+  else renderSamples();  // the countdown and the head-moved note still update
+}
+
 (async function main() {
   $("rollback").addEventListener("click", rollback);
   await refreshStatus();
   buildButtons();
   refreshHeads();
-  every(1000, refreshStatus);
-  every(1000, refreshSamples);
-  every(5000, refreshHeads);
+  refreshSamples();
+  every(1500, refreshStatus);
+  every(1000, pollSamples);
+  every(15000, refreshHeads);
   liveLoop();
 })();
