@@ -18,7 +18,7 @@ help:
 	@echo "make bench  - benchmark the demo's bundle and the online loop (after make demo)"
 	@echo "make fuzz   - 10,000 fuzzed inputs per parser (updates, samples, commands, manifests, configs, images)"
 
-setup: $(STAMP) mosquitto browser
+setup: $(STAMP) mosquitto
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,10 +51,10 @@ browser:
 demo: setup
 	$(PY) -m infantino.benchmarks.demo $(DEMO_ARGS)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-all: setup
+test-all: setup browser
 	$(PY) -m pytest -m "not gpu"
 
 # Every parser of outside input, 10,000 inputs each (make test runs 150 each); figures: docs/results/fuzz.json.

@@ -196,6 +196,10 @@ class OtaApplier:
         return res
 
     def _finish(self, res: OtaResult, journal: bool = True) -> None:
+        # history first, counters after: a reader that sees a counter move finds the result it counts
+        if res.status != "duplicate":
+            self.history.append(res)
+            self.last_result = res
         if res.status == "applied":
             self.applied += 1
             try:
@@ -221,9 +225,6 @@ class OtaApplier:
                                         "source": res.source, "message": res.message})
                 except OSError:
                     log.exception("could not journal the rejection")
-        if res.status != "duplicate":
-            self.history.append(res)
-            self.last_result = res
         if self.on_result is not None:
             try:
                 self.on_result(res)

@@ -6,11 +6,9 @@ thread, and `infantino-device run` serving it with a real compiled bundle."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
