@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -m "not slow and not gpu"
 export MLFLOW_DISABLE_TELEMETRY := true
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test test-all bench fuzz mosquitto clean help
+.PHONY: setup demo test test-all bench fuzz mosquitto browser clean help
 
 help:
 	@echo "make demo   - set up .venv (+ Mosquitto) and run the whole loop on embedded defaults"
@@ -38,13 +38,23 @@ mosquitto:
 	@if [ "$${CI:-}" = true ] && ! command -v mosquitto >/dev/null && ! test -x /usr/sbin/mosquitto; then \
 	  echo "CI=true: Mosquitto could not be installed; the MQTT suite must not be skipped in CI" >&2; exit 1; fi
 
+# Debian's Chromium + its driver: the device page's end-to-end test drives it headless (Selenium).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "Chromium is missing: install the Debian packages 'chromium' and 'chromium-driver' (browser tests will be skipped)"; fi; \
+	fi
+	@if [ "$${CI:-}" = true ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then \
+	  echo "CI=true: Chromium could not be installed; the browser test must not be skipped in CI" >&2; exit 1; fi
+
 demo: setup
 	$(PY) -m infantino.benchmarks.demo $(DEMO_ARGS)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-all: setup
+test-all: setup browser
 	$(PY) -m pytest -m "not gpu"
 
 # Every parser of outside input, 10,000 inputs each (make test runs 150 each); figures: docs/results/fuzz.json.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -73,6 +74,68 @@ class OtaConfig(_Strict):
                                    "at connect and after a missed delta, deltas otherwise)")
 
 
+WEB_TOKEN_ENV = "INFANTINO_WEB_TOKEN"
+WEB_OPERATOR_TOKEN_ENV = "INFANTINO_WEB_OPERATOR_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost' (the only binds that may run without a token)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebConfig(_Strict):
+    """The device's web page and HTTP API (device/web), served by `infantino-device run` when enabled.
+
+    Tokens come from a file (first line) or an environment variable; any bind other than loopback needs one.
+    TLS is left to a reverse proxy in front (docs/device.md has an nginx and a Caddy example).
+    """
+
+    enabled: bool = False
+    bind: str = Field("127.0.0.1", description="address to listen on; anything but loopback needs a token")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port (0 = any free port)")
+    token_file: Optional[ExistingFile] = Field(None, description=f"token for the page and API (or ${WEB_TOKEN_ENV})")
+    operator_token_file: Optional[ExistingFile] = Field(None, description="token that may also roll the head back "
+                                                        f"(or ${WEB_OPERATOR_TOKEN_ENV})")
+    live_max_fps: float = Field(5.0, gt=0, le=30, description="the live view is encoded at most this often, and "
+                                "only while a page polls it")
+    live_max_width: int = Field(960, ge=160, le=4096, description="wider frames are scaled down for the live view")
+    jpeg_quality: int = Field(80, ge=30, le=95)
+    undo_window_s: float = Field(10.0, ge=0, le=120, description="a label from the page is held this long before "
+                                 "it is sent, so that Undo really keeps it from being learned")
+    max_upload_bytes: int = Field(8 << 20, ge=1024, le=64 << 20, description="larger /v1/predict bodies get 413")
+    max_pixels: int = Field(4096 * 4096, ge=64 * 64, le=8192 * 8192, description="larger images are refused")
+
+    def tokens(self) -> tuple[Optional[str], Optional[str]]:
+        """(token, operator token) from their files, else from the environment; None where not configured."""
+        return (_read_token(self.token_file, WEB_TOKEN_ENV), _read_token(self.operator_token_file,
+                                                                         WEB_OPERATOR_TOKEN_ENV))
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self):
+        if self.enabled and not is_loopback(self.bind) and not any(self.tokens()):
+            raise ValueError(f"bind {self.bind!r} is not loopback: set token_file (or ${WEB_TOKEN_ENV}) so that "
+                             "not everyone on the network can see the camera")
+        return self
+
+
+def _read_token(path: Optional[Path], env: str) -> Optional[str]:
+    if path is not None:
+        lines = Path(path).read_text(encoding="utf-8").strip().splitlines()
+        token = lines[0].strip() if lines else ""
+        if len(token) < 8:
+            raise ValueError(f"{path}: the token must be at least 8 characters")
+        return token
+    token = os.environ.get(env, "").strip()
+    if token and len(token) < 8:
+        raise ValueError(f"${env}: the token must be at least 8 characters")
+    return token or None
+
+
 class DeviceConfig(_Strict):
     """Everything `infantino-device run` needs; relative paths resolve against the config file's folder."""
 
@@ -92,6 +155,7 @@ class DeviceConfig(_Strict):
     label_buffer_frames: int = Field(300, ge=1, le=100000, description="recent frames whose embeddings can "
                                      "be labelled")
     errors_kept: int = Field(10, ge=1, le=1000, description="recent errors shown in the status message")
+    web: WebConfig = Field(default_factory=WebConfig)
 
     @field_validator("device_id")
     @classmethod

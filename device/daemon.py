@@ -10,6 +10,7 @@ Reconnecting, the one reconnect layer (the daemon journals what it reports).
 
 from __future__ import annotations
 
+import bisect
 import collections
 import hashlib
 import json
@@ -26,6 +27,7 @@ import numpy as np
 from infantino.runtime.configfile import short_error
 from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.manifest import MANIFEST_FILE
+from infantino.runtime.contract.classes import CLASSES
 from infantino.runtime.contract.messages import CommandMessage, PredictionMessage, SampleMessage, StatusMessage
 from infantino.runtime.contract.head_update import UpdateLimits
 from infantino.runtime.contract.signing import TrustedKeys
@@ -37,6 +39,7 @@ from .config import DeviceConfig
 from .head_store import HeadStore
 from .mqtt_link import DeviceLink
 from .ota import OtaApplier, OtaResult
+from .samples import SampleOutbox
 
 log = logging.getLogger(__name__)
 
@@ -130,23 +133,41 @@ class FrameRing:
             return list(self._d.values())[-n:]
 
 
+# Upper bounds (ms) of the cumulative latency histogram (exported as Prometheus histograms by device/web).
+LATENCY_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000, 2500)
+
+
 class Stats:
-    """Frame rate and per-stage latency over a sliding window."""
+    """Frame rate and per-stage latency over a sliding window, plus cumulative counts since start."""
 
     def __init__(self, window: int = 200, fps_window_s: float = 5.0):
         self._lat: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=window))
         self._times: collections.deque = collections.deque(maxlen=5000)
         self.fps_window_s = fps_window_s
         self.frames = 0
+        self.faces = 0
+        self._hist: dict[str, list] = {}  # stage -> [bucket counts..., +Inf count, sum ms]
         self._lock = threading.Lock()
 
-    def record(self, timings: dict[str, float]) -> None:
+    def record(self, timings: dict[str, float], faces: int = 0) -> None:
         now = time.monotonic()
         with self._lock:
             self.frames += 1
+            self.faces += faces
             self._times.append(now)
             for k, v in timings.items():
-                self._lat[k].append(float(v))
+                v = float(v)
+                self._lat[k].append(v)
+                h = self._hist.get(k)
+                if h is None:
+                    h = self._hist[k] = [0] * (len(LATENCY_BUCKETS_MS) + 1) + [0.0]
+                h[bisect.bisect_left(LATENCY_BUCKETS_MS, v)] += 1
+                h[-1] += v
+
+    def histograms(self) -> dict[str, tuple[list[int], float]]:
+        """stage -> (counts per bucket of LATENCY_BUCKETS_MS plus +Inf, not cumulative; sum in ms) since start."""
+        with self._lock:
+            return {k: (list(h[:-1]), h[-1]) for k, h in self._hist.items()}
 
     def fps(self) -> float:
         now = time.monotonic()
@@ -203,8 +224,10 @@ class DeviceDaemon:
         self._status_now = threading.Event()
         self._frame_id = 0
         self.camera: Reconnecting | None = None
-        self.samples_sent = 0
         self.started_at = time.time()
+        self.latest: tuple[FrameRecord, np.ndarray] | None = None  # newest processed frame (for a live view)
+        self._pipeline_lock = threading.Lock()  # the camera loop and predict_image() share one pipeline
+        self.outbox = SampleOutbox(self._publish_sample, lambda: self.pipeline.head.version)
         self.limiter = PredictionLimiter(config.publish.predictions_max_hz, config.publish.predictions_heartbeat_s)
         self._threads: list[threading.Thread] = []
         self.store: HeadStore | None = None
@@ -251,10 +274,11 @@ class DeviceDaemon:
         return 0
 
     def supervise(self) -> None:
-        """Status every N seconds (and on events) until stop is requested."""
+        """Status every N seconds (and on events), held samples when due, until stop is requested."""
         interval = self.config.publish.status_interval_s
         next_status = time.monotonic()
         while not self.stop_event.is_set():
+            self.outbox.flush_due()
             now = time.monotonic()
             if self._status_now.is_set() or now >= next_status:
                 self._status_now.clear()
@@ -270,6 +294,8 @@ class DeviceDaemon:
         for t in self._threads:
             t.join(timeout=5)
         if self.link is not None:
+            if self.outbox.flush_due(everything=True):  # labels still in their undo window were meant to be sent
+                log.info("sent the held samples before stopping")
             self.link.stop(status=self.status(state="offline"))
         if self.store is not None:
             self.store.close()
@@ -333,20 +359,40 @@ class DeviceDaemon:
             frame_id, frame, grabbed_at = item
             t0 = time.perf_counter()
             try:
-                if predict_frame is not None:
-                    fr = predict_frame(frame)
-                    faces, timings = fr.faces, dict(fr.timings)
-                else:
-                    faces = self.pipeline.predict(frame)
-                    timings = dict(faces[0].timings) if faces else {}
+                with self._pipeline_lock:
+                    if predict_frame is not None:
+                        fr = predict_frame(frame)
+                        faces, timings = fr.faces, dict(fr.timings)
+                    else:
+                        faces = self.pipeline.predict(frame)
+                        timings = dict(faces[0].timings) if faces else {}
             except Exception as e:
                 self._error(f"frame {frame_id}: {type(e).__name__}: {e}")
                 continue
             timings["total"] = (time.perf_counter() - t0) * 1e3
-            self.stats.record(timings)
+            self.stats.record(timings, faces=len(faces))
             head_version = faces[0].head_version if faces else self.pipeline.head.version
-            self.ring.add(FrameRecord(frame_id, grabbed_at, head_version, list(faces)))
+            rec = FrameRecord(frame_id, grabbed_at, head_version, list(faces))
+            self.ring.add(rec)
+            self.latest = (rec, frame)  # a reference only: a live view encodes it on its own thread, if at all
             self._maybe_publish_predictions(frame_id, grabbed_at, head_version, faces)
+
+    def predict_image(self, frame: np.ndarray):
+        """Run the daemon's pipeline on one image (the HTTP API); between two camera frames, never during one.
+        Returns (faces, timings ms, head version); the image is not kept and cannot be labelled."""
+        t0 = time.perf_counter()
+        with self._pipeline_lock:
+            t1 = time.perf_counter()
+            predict_frame = getattr(self.pipeline, "predict_frame", None)
+            if predict_frame is not None:
+                fr = predict_frame(frame)
+                faces, timings, version = fr.faces, dict(fr.timings), fr.head_version
+            else:
+                faces = self.pipeline.predict(frame)
+                timings, version = (dict(faces[0].timings) if faces else {}), None
+        timings["wait"] = (t1 - t0) * 1e3
+        timings["total"] = (time.perf_counter() - t0) * 1e3
+        return faces, timings, version if version is not None else self.pipeline.head.version
 
     def _maybe_publish_predictions(self, frame_id: int, ts: float, head_version: int, faces) -> None:
         if not self.config.publish.predictions or self.link is None or not self.link.connected:
@@ -402,7 +448,7 @@ class DeviceDaemon:
             return
         log.info("command %s (request %s)", cmd.command, cmd.request_id)
         if cmd.command == "label":
-            reply = self.label(cmd.label, cmd.frame_id, cmd.annotator)
+            reply = self.label(cmd.labels or cmd.label, cmd.frame_id, cmd.annotator)
         elif cmd.command == "rollback":
             res = self.ota.rollback(source="cmd")
             reply = {"ok": res.status == "rolled_back", "result": res.as_dict()}
@@ -420,8 +466,21 @@ class DeviceDaemon:
         reply.update(command=cmd.command, request_id=cmd.request_id)
         self.link.reply(msg, json.dumps(reply))
 
-    def label(self, label: str | None, frame_id: int | None = None, annotator: str | None = None) -> dict:
-        """Publish the embedding of a recent frame's (largest) face with a label; the image stays here."""
+    def label(self, label: str | list[str] | None, frame_id: int | None = None, annotator: str | None = None,
+              face: int | None = None, hold_s: float = 0.0) -> dict:
+        """Send the embedding of a recent frame's face with one label, or several when the expression is
+        ambiguous (SampleMessage.labels: the trainer learns their vote fractions); the image stays here.
+
+        `face` is the face's index in the frame (default: the largest); `hold_s` holds the sample that long
+        before it is published, so that `undo(sample_id)` within that time keeps it from being learned.
+        """
+        labels = [label] if isinstance(label, str) else list(label or [])
+        if not labels:
+            return {"ok": False, "error": "a label is required"}
+        bad = [lb for lb in labels if lb not in CLASSES]
+        if bad:
+            return {"ok": False, "error": f"unknown label {bad[0]!r}; valid: {', '.join(CLASSES)}"}
+        labels = list(dict.fromkeys(labels))  # one vote per label from one person
         rec = self.ring.get(frame_id)
         span = self.ring.span()
         held = f"frames {span[0]}-{span[1]}" if span else "no frames yet"
@@ -431,22 +490,41 @@ class DeviceDaemon:
             return {"ok": False, "error": what}
         if not rec.faces:
             return {"ok": False, "error": f"frame {rec.frame_id} has no face"}
-        face = max(rec.faces, key=lambda f: f.area)
+        if face is None:
+            face = max(range(len(rec.faces)), key=lambda i: rec.faces[i].area)
+        elif not 0 <= face < len(rec.faces):
+            return {"ok": False, "error": f"frame {rec.frame_id} has {len(rec.faces)} face(s), no face {face}"}
+        chosen = rec.faces[face]
         try:
             sample = SampleMessage(device_id=self.config.device_id, fleet=self.config.fleet,
                                    sample_id=f"{self.config.device_id}-{uuid.uuid4().hex}",
-                                   embedding=[float(v) for v in face.embedding], extractor_id=self.facts.extractor_id,
-                                   label=label, annotator=annotator, frame_id=rec.frame_id,
-                                   head_version=rec.head_version)
+                                   embedding=[float(v) for v in chosen.embedding],
+                                   extractor_id=self.facts.extractor_id,
+                                   label=labels[0] if len(labels) == 1 else None,
+                                   labels=labels if len(labels) > 1 else None, annotator=annotator,
+                                   frame_id=rec.frame_id, head_version=rec.head_version)
         except ValueError as e:
             return {"ok": False, "error": short_error(e)}
-        if sample.label is None:
-            return {"ok": False, "error": "a label is required"}
-        self.link.publish_sample(sample)
-        self.samples_sent += 1
-        log.info("sample %s: frame %d labelled %r", sample.sample_id, rec.frame_id, label)
-        return {"ok": True, "sample_id": sample.sample_id, "frame_id": rec.frame_id, "label": label,
-                "predicted": face.label}
+        out = self.outbox.add(sample, hold_s=hold_s)
+        log.info("sample %s: frame %d face %d labelled %s%s", sample.sample_id, rec.frame_id, face,
+                 "+".join(labels), f" (held {hold_s:g} s)" if hold_s > 0 else "")
+        return {"ok": True, "sample_id": sample.sample_id, "frame_id": rec.frame_id, "face": face,
+                "label": labels[0] if len(labels) == 1 else None, "labels": labels, "predicted": chosen.label,
+                "state": out.state, "publish_at": out.publish_at}
+
+    def undo(self, sample_id: str) -> dict:
+        """Take back a label still in its hold window (it is then never published)."""
+        ok, why = self.outbox.undo(sample_id)
+        return {"ok": ok, "sample_id": sample_id, **({} if ok else {"error": why})}
+
+    def _publish_sample(self, sample: SampleMessage):
+        if self.link is None:
+            raise RuntimeError("the daemon is not connected yet")
+        return self.link.publish_sample(sample)
+
+    @property
+    def samples_sent(self) -> int:
+        return self.outbox.sent
 
     # ---- status ------------------------------------------------------------------------------------
     def _error(self, text: str) -> None:

@@ -85,6 +85,7 @@ class OtaApplier:
         self.rejections: collections.Counter = collections.Counter()
         self.applied = 0
         self.duplicates = 0
+        self.rollbacks = 0
         self.history: collections.deque[OtaResult] = collections.deque(maxlen=history)
         self.last_result: OtaResult | None = None
 
@@ -190,10 +191,15 @@ class OtaApplier:
             res.status, res.version, res.head_version = "rolled_back", good.version, good.version
             res.applied_at = time.time()
             res.message = f"rolled back from v{before.version} to v{good.version}"
+            self.rollbacks += 1
             self._finish(res, journal=False)
         return res
 
     def _finish(self, res: OtaResult, journal: bool = True) -> None:
+        # history first, counters after: a reader that sees a counter move finds the result it counts
+        if res.status != "duplicate":
+            self.history.append(res)
+            self.last_result = res
         if res.status == "applied":
             self.applied += 1
             try:
@@ -219,9 +225,6 @@ class OtaApplier:
                                         "source": res.source, "message": res.message})
                 except OSError:
                     log.exception("could not journal the rejection")
-        if res.status != "duplicate":
-            self.history.append(res)
-            self.last_result = res
         if self.on_result is not None:
             try:
                 self.on_result(res)

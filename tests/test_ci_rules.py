@@ -31,3 +31,22 @@ def test_a_missing_broker_fails_under_ci_and_skips_locally(tmp_path):
         ci.stdout[-2000:]
     local = _run_probe(tmp_path, "")
     assert local.returncode == 0 and "1 skipped" in local.stdout, local.stdout[-2000:]
+
+
+BROWSER_PROBE = '''
+def test_needs_a_browser(chrome):
+    assert chrome is not None
+'''
+
+
+def test_a_missing_browser_fails_under_ci_and_skips_locally(tmp_path):
+    (tmp_path / "test_probe.py").write_text(BROWSER_PROBE)
+    for ci, code, needle in (("true", 1, "CI=true and a requirement is missing: Chromium or its driver"),
+                             ("", 0, "1 skipped")):
+        env = dict(os.environ, CI=ci, INFANTINO_CHROMEDRIVER=str(tmp_path / "no-such-chromedriver"),
+                   PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(TESTS),
+                            "--confcutdir", str(TESTS), "-c", str(TESTS.parent / "pyproject.toml"), "-p", "conftest",
+                            str(tmp_path / "test_probe.py")], capture_output=True, text=True, env=env, timeout=300,
+                           cwd=TESTS)
+        assert r.returncode == code and needle in r.stdout, r.stdout[-2000:]

@@ -46,6 +46,16 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+WEB_SCRIPT = textwrap.dedent("""
+    from importlib.resources import files
+    import infantino.device.web.app, infantino.device.web.server, prometheus_client, multipart
+    static = files("infantino.device.web") / "static"
+    missing = [f for f in ("index.html", "login.html", "app.js", "style.css") if not (static / f).is_file()]
+    assert not missing, missing
+    print("WEB OK")
+""")
+
+
 def _copy_sources(dst: Path) -> None:
     dst.mkdir(parents=True)
     for f in ("setup.cfg", "pyproject.toml", "README.md"):
@@ -69,6 +79,9 @@ def test_runtime_in_a_fresh_device_only_venv(tmp_path, runtime_bundle, keypair, 
     run = subprocess.run([str(py), "-c", SCRIPT, str(runtime_bundle), str(keypair[1]), str(face), ",".join(FORBIDDEN)],
                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
+    # the device extra also carries the web page and API, static files included (setup.cfg package_data)
+    web = subprocess.run([str(py), "-c", WEB_SCRIPT], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert web.returncode == 0 and "WEB OK" in web.stdout, web.stderr[-3000:]
     line = next(l for l in run.stdout.splitlines() if l.startswith("RESULT "))
     out = json.loads(line[len("RESULT "):])
     print(f"fresh device venv: install {t_install:.0f} s, total {time.perf_counter() - t0:.0f} s; {out}")

@@ -13,7 +13,8 @@ HELP = "label a recent frame (publishes its embedding + label for online learnin
 
 def add_arguments(p) -> None:
     p.add_argument("--config", required=True, help="the device's device.yaml")
-    p.add_argument("--label", required=True, choices=CLASSES, help="the expression shown in the frame")
+    p.add_argument("--label", required=True, choices=CLASSES, action="append", help="the expression shown in the "
+                   "frame; give it more than once when the expression is ambiguous (learned as vote fractions)")
     p.add_argument("--frame-id", type=int, default=None, help="frame id from the predictions topic (default: latest "
                    "frame with a face)")
     p.add_argument("--annotator", default=None, help="who labelled (kept with the sample)")
@@ -21,7 +22,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    reply = send_command(args.config, {"command": "label", "label": args.label, "frame_id": args.frame_id,
+    labels = {"label": args.label[0]} if len(args.label) == 1 else {"labels": args.label}
+    reply = send_command(args.config, {"command": "label", **labels, "frame_id": args.frame_id,
                                        "annotator": args.annotator}, timeout=args.timeout)
     print(json.dumps(reply, indent=2))
     return 0

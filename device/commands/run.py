@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 
 import numpy as np
@@ -42,11 +43,31 @@ def run(args) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.request_stop())
     try:
-        return daemon.run()
+        return run_with_web(daemon, cfg)
     finally:
         close = getattr(pipe, "close", None)
         if callable(close):
             close()
+
+
+def run_with_web(daemon: DeviceDaemon, cfg) -> int:
+    """daemon.run(), plus the web page and API on their own thread when web.enabled (stopped before the daemon)."""
+    if not cfg.web.enabled:
+        return daemon.run()
+    # FastAPI/uvicorn load only when the web app is on (they add ~0.5 s to the start).
+    from infantino.device.web.server import start_web
+    from infantino.device.web.view import DaemonView
+
+    daemon.start()
+    web = None
+    try:
+        web = start_web(cfg.web, DaemonView(daemon))
+        daemon.supervise()
+    finally:
+        if web is not None:
+            web.stop()
+        daemon.stop()
+    return 0
 
 
 def check(cfg, bundle, facts, skip_camera: bool = False) -> int:
@@ -111,6 +132,7 @@ def check(cfg, bundle, facts, skip_camera: bool = False) -> int:
     item("backend", backend)
     item("stored head", stored)
     item("state dir", state_dir)
+    item("web", lambda: check_web(cfg.web))
     if skip_camera:
         results.append(("camera", True, "not opened (--skip-camera)"))
     else:
@@ -118,6 +140,19 @@ def check(cfg, bundle, facts, skip_camera: bool = False) -> int:
     for name, ok, text in results:
         print(f"{name:12s} {'ok    ' if ok else 'FAILED'} {text}")
     return 0 if all(ok for _, ok, _ in results) else 1
+
+
+def check_web(web) -> str:
+    """The web app's tokens are readable and its address can be listened on (the socket is closed again)."""
+    if not web.enabled:
+        return "disabled"
+    token, operator = web.tokens()
+    with socket.socket(socket.AF_INET6 if ":" in web.bind else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((web.bind, web.port))
+    auth = "no token (loopback only)" if not (token or operator) else \
+        "token" + (" + operator token" if operator else " (no operator token: rollback disabled)")
+    return f"http://{web.bind}:{web.port}, {auth}"
 
 
 def _is_live(spec) -> bool:

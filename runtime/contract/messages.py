@@ -98,6 +98,7 @@ class StatusMessage(_Msg):
 class CommandMessage(_Msg):
     command: Literal["request-full-head", "rollback", "snapshot", "label"]
     label: Optional[str] = Field(None, max_length=64)
+    labels: Optional[list[str]] = Field(None, max_length=7, description="several labels for an ambiguous face")
     frame_id: Optional[int] = None
     annotator: Optional[str] = Field(None, max_length=200)
     request_id: Optional[str] = Field(None, max_length=200)
