@@ -33,7 +33,7 @@ from infantino.runtime.contract.head_update import UpdateLimits
 from infantino.runtime.contract.signing import TrustedKeys
 from infantino.runtime.mqtt import Message
 from infantino.runtime.pipeline import FaceResult
-from infantino.runtime.sources import Reconnecting, SourceConfig
+from infantino.runtime.sources import Reconnecting, SourceConfig, SourceError, source_kind
 
 from .config import DeviceConfig
 from .head_store import HeadStore
@@ -304,12 +304,18 @@ class DeviceDaemon:
 
     # ---- camera --------------------------------------------------------------------------------
     def _open_camera(self) -> Reconnecting:
-        """The camera behind runtime.sources' one reconnect layer (stall, failure and end handled there)."""
+        """The camera behind runtime.sources' one reconnect layer (stall, failure and end handled there). A live
+        camera drops its oldest frame when the daemon is behind; a file or folder is read at the daemon's pace
+        (played in real time at camera.fps), never skipped."""
         cam = self.config.camera
+        try:
+            live = source_kind(cam.source) in ("camera", "url")
+        except SourceError:  # a path that is not there yet: the reconnect layer reports it
+            live = True
         cfg = SourceConfig(spec=cam.source, stall_timeout=cam.stall_timeout_s,
                            backoff_initial=max(cam.reopen_delay_s, 0.01),
                            backoff_max=max(cam.reopen_delay_s * 8, 0.01, min(10.0, cam.stall_timeout_s)),
-                           open_timeout=cam.stall_timeout_s, queue_size=1)
+                           open_timeout=cam.stall_timeout_s, queue_size=1, drop_old=live)
         return Reconnecting(cfg, self.source_factory, reopen_on_end=cam.reopen_on_end,
                             on_event=lambda text: self._error(f"camera {text}"))
 

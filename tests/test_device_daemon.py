@@ -342,6 +342,21 @@ def test_failing_and_ending_cameras_are_reopened_by_the_one_reconnect_layer(tmp_
         stop_daemon(d, t)
 
 
+def test_a_video_file_is_played_at_its_pace_without_skipping_frames(tmp_path, mosquitto, heads, keypair):
+    """A file or folder source is read at the daemon's pace (camera.fps), not as fast as it decodes with the
+    oldest frames dropped: every frame of a 40-frame clip reaches the slot."""
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    cfg = device_config(tmp_path, mosquitto, keypair, camera={"source": str(folder), "fps": 100,
+                                                              "reopen_on_end": False})
+    d, pipe, t = start_daemon(cfg, heads, keypair, source=lambda: synthetic_frames(1000, n=40))
+    try:
+        assert wait_for(lambda: d.camera_state == "ended", 10)
+        assert d.camera.stats["dropped"] == 0 and d._frame_id == 40
+    finally:
+        stop_daemon(d, t)
+
+
 def test_only_the_latest_frame_is_processed(tmp_path, mosquitto, heads, keypair):
     cfg = device_config(tmp_path, mosquitto, keypair)
     d, pipe, t = start_daemon(cfg, heads, keypair, source=lambda: synthetic_frames(200), delay_s=0.05)
