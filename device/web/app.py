@@ -185,12 +185,7 @@ def create_app(view: DeviceView, cfg: WebConfig, token: Optional[str] = None,
     def status(role: str = user):
         s = view.snapshot()
         return StatusOut(
-            device_id=s.device_id, fleet=s.fleet, head_version=s.head_version, head_sha256=s.head_sha256,
-            previous_head_version=s.previous_head_version, bundle_id=s.bundle_id, backend=s.backend, fps=s.fps,
-            latency_ms=s.latency_ms, frames=s.frames, dropped_frames=s.dropped_frames, faces=s.faces,
-            camera=s.camera, camera_reopens=s.camera_reopens, broker=s.broker, broker_connected=s.broker_connected,
-            uptime_s=s.uptime_s, samples_sent=s.samples_sent, samples_held=s.samples_held,
-            last_update=s.last_update, rejections=s.rejections, errors=s.errors,
+            **s.model_dump(),
             web=WebInfo(live_max_fps=cfg.live_max_fps, undo_window_s=cfg.undo_window_s,
                         auth="none" if auth.open else "token", role=role, classes=list(CLASSES)))
 

@@ -137,8 +137,8 @@ class WebInfo(BaseModel):
     classes: list[str]
 
 
-class StatusOut(BaseModel):
-    """The daemon's status (the same as its retained MQTT status) plus what only the page needs."""
+class Snapshot(BaseModel):
+    """Everything the status page and /metrics read, taken at one moment."""
 
     device_id: str
     fleet: str
@@ -147,19 +147,29 @@ class StatusOut(BaseModel):
     previous_head_version: Optional[int]
     bundle_id: Optional[str]
     backend: Optional[str]
-    fps: Optional[float]
+    fps: float
     latency_ms: dict[str, float]
+    latency_histograms: dict[str, tuple[list[int], float]]  # stage -> (per-bucket counts incl. +Inf, sum ms)
     frames: int
     dropped_frames: int
     faces: int
-    camera: Optional[str]
+    camera: str
     camera_reopens: int
     broker: str
     broker_connected: bool
-    uptime_s: Optional[float]
+    uptime_s: float
     samples_sent: int
     samples_held: int
-    last_update: Optional[dict]
+    samples_undone: int
+    updates_applied: int
+    rollbacks: int
     rejections: dict[str, int]
-    errors: list[str]
+    last_update: Optional[dict]
+    last_update_at: Optional[float]
+    errors: list[str] = Field(default_factory=list)
+
+
+class StatusOut(Snapshot):
+    """The daemon's status (what its retained MQTT status says, and more) plus what only the page needs."""
+
     web: WebInfo

@@ -4,12 +4,14 @@ DeviceDaemon by calling its public, thread-safe methods; the web app never touch
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Protocol
 
 import numpy as np
 
 from infantino.runtime.pipeline import FaceResult
+
+from .models import Snapshot
 
 
 @dataclass(frozen=True)
@@ -21,39 +23,6 @@ class LiveSource:
     head_version: Optional[int]
     frame: np.ndarray
     faces: list[FaceResult]
-
-
-@dataclass
-class Snapshot:
-    """Everything the status page and /metrics read, taken at one moment."""
-
-    device_id: str
-    fleet: str
-    head_version: Optional[int]
-    head_sha256: Optional[str]
-    previous_head_version: Optional[int]
-    bundle_id: Optional[str]
-    backend: Optional[str]
-    fps: float
-    latency_ms: dict[str, float]
-    latency_histograms: dict[str, tuple[list[int], float]]  # stage -> (per-bucket counts incl. +Inf, sum ms)
-    frames: int
-    dropped_frames: int
-    faces: int
-    camera: str
-    camera_reopens: int
-    broker: str
-    broker_connected: bool
-    uptime_s: float
-    samples_sent: int
-    samples_held: int
-    samples_undone: int
-    updates_applied: int
-    rollbacks: int
-    rejections: dict[str, int]
-    last_update: Optional[dict]
-    last_update_at: Optional[float]
-    errors: list[str] = field(default_factory=list)
 
 
 class DeviceView(Protocol):
