@@ -66,6 +66,7 @@ fuzz: setup
 bench: setup
 	@test -d demo-out/bundle || { echo "make bench measures demo-out/bundle: run 'make demo' first"; exit 2; }
 	$(VENV)/bin/infantino-bench models --bundle demo-out/bundle --public-key demo-out/keys/signing.pub \
+	  --checkpoint demo-out/runs/fit/extractor.pt \
 	  --batch 1,8 --json demo-out/bench-models.json --csv demo-out/bench-models.csv
 	$(VENV)/bin/infantino-bench online --broker local --json demo-out/bench-online.json
 
