@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from infantino.runtime.contract.atomic import fsync_dir
+from infantino.runtime.contract.atomic import fsync_dir, umask
 from infantino.runtime.contract.errors import InfantinoError
 from infantino.runtime.bundle import sha256_file  # the verifier's own hashing: writer and reader agree
 from infantino.runtime.contract.manifest import MANIFEST_FILE, SIGNATURE_FILE, Manifest
@@ -76,7 +76,7 @@ class BundleStager:
             os.replace(self.out, old)
         # staged 0700 (mkdtemp: nobody reads a half-built bundle); published with the mode an ordinary mkdir
         # gives, so a camera daemon running as its own user can read it
-        os.chmod(self.dir, 0o777 & ~_umask())
+        os.chmod(self.dir, 0o777 & ~umask())
         os.replace(self.dir, self.out)
         fsync_dir(self.out.parent)
         self.published = True
@@ -149,9 +149,3 @@ def keygen(out_dir: str | os.PathLike, force: bool = False) -> tuple[Path, Path]
 
 
 __all__ = ["BundleStager", "check_out", "keygen", "manifest_bytes", "sha256_file", "write_tar"]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

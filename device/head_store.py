@@ -13,12 +13,11 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infantino.runtime.contract.atomic import atomic_write_bytes, atomic_write_text, fsync_dir
+from infantino.runtime.contract.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, fsynced_temp
 from infantino.runtime.contract.errors import HeadError, InfantinoError
 from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.layout import HEAD_FILE
@@ -193,7 +192,7 @@ class HeadStore:
         """
         old = self.current
         data = new.to_bytes()
-        tmp = self._write_temp(CURRENT, data)
+        tmp = fsynced_temp(self.dir / CURRENT, data, 0o600)
         try:
             if old is not None and old.sha256 != new.sha256:
                 if self._disk.get(CURRENT) == old.sha256:
@@ -212,19 +211,6 @@ class HeadStore:
         fsync_dir(self.dir)
         self._disk[CURRENT] = new.sha256
         self.current = new
-
-    def _write_temp(self, name: str, data: bytes) -> Path:
-        """`data` in a fsync'd temp file beside `name`; on failure (a full disk) no temp file is left behind."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return Path(tmp)
 
     def rollback(self) -> Head:
         """Return to the previous head; the version rolled back from (and older) will be refused from now on."""

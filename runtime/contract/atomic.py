@@ -23,13 +23,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = fsynced_temp(path, data, mode if mode is not None else 0o666 & ~umask())
     try:
-        os.fchmod(fd, mode if mode is not None else 0o666 & ~_umask())  # mkstemp makes 0600; give the mode an ordinary open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -40,7 +35,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = 
     fsync_dir(path.parent)
 
 
-def _umask() -> int:
+def fsynced_temp(path: Path, data: bytes, mode: int) -> Path:
+    """`data` in a fsync'd hidden temp file beside `path`, with `mode` (mkstemp alone makes 0600); on failure (a
+    full disk) no temp file is left behind. The caller renames it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def umask() -> int:
+    """The process umask (read without changing it for good)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
