@@ -598,6 +598,7 @@ class UpdateService:
             self.link.subscribe(topic, self._on_head_message, qos=1)
         self.link.add_on_connect(lambda sp: self.inbox.put(("connected", None)))
         self.device_status: dict[str, dict] = {}  # device id -> its last retained status (web page, metrics)
+        self._device_fleet = {d: f.name for f in reversed(config.fleets) for d in (f.devices or ())}
         self.metrics = self.web = None
         if config.web.enabled and not read_only:
             self._start_web_side()
@@ -631,10 +632,7 @@ class UpdateService:
 
     def fleet_of(self, device: str) -> Optional[str]:
         """The fleet a device is listed in (None for devices only an allow_any_device fleet accepts)."""
-        for f in self.config.fleets:
-            if f.devices and device in f.devices:
-                return f.name
-        return None
+        return self._device_fleet.get(device)
 
     def fleet_report(self) -> dict:
         """Every fleet: published head, samples learned, head history (last 50 versions, held back ones
