@@ -612,12 +612,15 @@ class UpdateService:
     # ---- web page, API and metrics ------------------------------------------------------------------
     def _start_web_side(self) -> None:
         """Metrics, device statuses (their retained status topics) and the web server object (started later)."""
-        from .web.app import WebServer, create_app  # optional: fastapi/uvicorn only when web.enabled
+        from infantino.runtime.webserver import WebServer  # optional: fastapi/uvicorn only when web.enabled
+
+        from .web.app import create_app
         from .web.metrics import ServiceMetrics
 
         self.metrics = ServiceMetrics()
         self.link.subscribe(self.topics.status("+"), self._on_status, qos=0)
-        self.web = WebServer(create_app(self, self.config.web), self.config.web)
+        cfg = self.config.web
+        self.web = WebServer(create_app(self, cfg), cfg.bind, cfg.port, name="infantino-service-web")
 
     def _on_status(self, msg: Message) -> None:
         """A device's retained status (network thread: parse, keep the newest, bounded)."""

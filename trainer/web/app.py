@@ -7,17 +7,12 @@ from __future__ import annotations
 import hmac
 import html
 import json
-import logging
-import threading
 from typing import Optional
 
-import uvicorn
 from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from .config import ServiceWebConfig
-
-log = logging.getLogger(__name__)
 
 COOKIE = "infantino_service_token"
 
@@ -64,29 +59,6 @@ def create_app(service, cfg: ServiceWebConfig) -> FastAPI:
         return Response(service.metrics_text(), media_type="text/plain; version=0.0.4")
 
     return app
-
-
-class WebServer:
-    """uvicorn in a thread of its own (its own event loop): the service never waits for a browser."""
-
-    def __init__(self, app: FastAPI, cfg: ServiceWebConfig):
-        self.server = uvicorn.Server(uvicorn.Config(app, host=cfg.bind, port=cfg.port, log_level="warning",
-                                                    access_log=False, lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, name="infantino-service-web", daemon=True)
-        self.cfg = cfg
-
-    def start(self) -> "WebServer":
-        self.thread.start()
-        log.info("fleet page on http://%s:%d/", self.cfg.bind, self.cfg.port)
-        return self
-
-    @property
-    def started(self) -> bool:
-        return bool(self.server.started)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=5)
 
 
 LOGIN_PAGE = """<!doctype html><html><head><meta charset=utf-8><title>InfantinO fleet</title>
