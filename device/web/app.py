@@ -22,7 +22,7 @@ from infantino.runtime.contract.classes import CLASSES
 from infantino.runtime.images import ImageError
 
 from ..config import WebConfig
-from .auth import COOKIE, Auth
+from infantino.runtime.webauth import COOKIE, Auth
 from .limits import BodyLimit
 from .live import LiveEncoder
 from .metrics import device_registry

@@ -4,58 +4,48 @@ login form sets) is required whenever one is configured, which it must be for a 
 
 from __future__ import annotations
 
-import hmac
 import html
 import json
 from typing import Optional
 
-from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from infantino.runtime.webauth import Auth
 
 from .config import ServiceWebConfig
 
-COOKIE = "infantino_service_token"
-
+COOKIE = "infantino_service_session"  # not the device page's: cookies are per host, not per port
 
 def create_app(service, cfg: ServiceWebConfig) -> FastAPI:
     """The FastAPI app over an UpdateService (its fleet_report() and metrics)."""
     token = cfg.token()
+    auth = Auth(token, None, cookie=COOKIE)
     app = FastAPI(title="InfantinO Edge update service", version="1",
                   description="Fleet status, head history and metrics of the online-learning update service.")
 
-    def authorized(request: Request) -> bool:
-        if token is None:
-            return True
-        given = request.headers.get("authorization", "")
-        given = given[7:] if given.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
-        return hmac.compare_digest(given.encode(), token.encode())
-
-    def require(request: Request) -> None:
-        if not authorized(request):
-            raise HTTPException(401, "a valid token is required (Authorization: Bearer <token>, or log in at /)")
-
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page(request: Request):
-        if not authorized(request):
+        if auth.role(request)[0] is None:
             return HTMLResponse(LOGIN_PAGE, status_code=401)
         return HTMLResponse(render_page(service.fleet_report(), cfg.mlflow_ui))
 
     @app.post("/login", include_in_schema=False)
     def login(token_field: str = Form(..., alias="token")):
-        if token is None or not hmac.compare_digest(token_field.encode(), token.encode()):
+        if token is None or auth.role_of_token(token_field) is None:
             return HTMLResponse(LOGIN_PAGE.replace("<!--msg-->", "<p class=bad>wrong token</p>"), status_code=401)
         resp = RedirectResponse("/", status_code=303)
-        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        resp.set_cookie(auth.cookie, Auth.session_value(token), httponly=True, samesite="strict")
         return resp
 
     @app.get("/v1/fleets", summary="every fleet: published head, history, devices")
     def fleets(request: Request):
-        require(request)
+        auth.user(request)
         return JSONResponse(service.fleet_report())
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def metrics(request: Request):
-        require(request)
+        auth.user(request)
         return Response(service.metrics_text(), media_type="text/plain; version=0.0.4")
 
     return app

@@ -1,4 +1,6 @@
-"""Who may use the page and the API: a bearer token (header) or the session cookie set by the login form.
+"""Who may use a web page and its API (the device's page, the update service's fleet page): a bearer token
+(header) or the session cookie set by the login form. Imported only by the web packages (fastapi is in the
+device and train extras, not the base install).
 
 Two roles: `user` (see, label, predict, metrics) and `operator` (also roll the head back). With no token
 configured (allowed only on a loopback bind) every request is an operator: anyone who can reach 127.0.0.1 on
@@ -20,9 +22,11 @@ Role = Literal["user", "operator"]
 class Auth:
     """Checks requests against the configured tokens (either may be None)."""
 
-    def __init__(self, token: Optional[str], operator_token: Optional[str]):
+    def __init__(self, token: Optional[str], operator_token: Optional[str], cookie: str = COOKIE):
+        """`cookie`: the session cookie's name (one per page served from the same host, as cookies ignore ports)."""
         self.token = token
         self.operator_token = operator_token
+        self.cookie = cookie
 
     @property
     def open(self) -> bool:
@@ -58,7 +62,7 @@ class Auth:
                 return None, "the Authorization header must be 'Bearer <token>'"
             role = self.role_of_token(value.strip())
             return (role, "") if role else (None, "wrong token")
-        cookie = request.cookies.get(COOKIE)
+        cookie = request.cookies.get(self.cookie)
         if cookie is not None:
             role = self.role_of_cookie(cookie)
             return (role, "") if role else (None, "the session is no longer valid: log in again")
