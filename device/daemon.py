@@ -356,8 +356,20 @@ class DeviceDaemon:
             log.info("camera source ended")
 
     # ---- frames ----------------------------------------------------------------------------------
+    def _run_pipeline(self, frame: np.ndarray) -> tuple[list, dict[str, float], Optional[int], float]:
+        """(faces, stage timings ms, head version or None, ms spent waiting for the lock) of one frame, under the
+        pipeline lock: the camera loop and the HTTP API take turns, never one inside the other."""
+        t0 = time.perf_counter()
+        with self._pipeline_lock:
+            waited = (time.perf_counter() - t0) * 1e3
+            predict_frame = getattr(self.pipeline, "predict_frame", None)
+            if predict_frame is not None:
+                fr = predict_frame(frame)
+                return fr.faces, dict(fr.timings), fr.head_version, waited
+            faces = self.pipeline.predict(frame)
+            return faces, (dict(faces[0].timings) if faces else {}), None, waited
+
     def _process_loop(self) -> None:
-        predict_frame = getattr(self.pipeline, "predict_frame", None)
         while not self.stop_event.is_set():
             item = self.slot.take(timeout=0.2)
             if item is None:
@@ -365,13 +377,7 @@ class DeviceDaemon:
             frame_id, frame, grabbed_at = item
             t0 = time.perf_counter()
             try:
-                with self._pipeline_lock:
-                    if predict_frame is not None:
-                        fr = predict_frame(frame)
-                        faces, timings = fr.faces, dict(fr.timings)
-                    else:
-                        faces = self.pipeline.predict(frame)
-                        timings = dict(faces[0].timings) if faces else {}
+                faces, timings, _, _ = self._run_pipeline(frame)
             except Exception as e:
                 self._error(f"frame {frame_id}: {type(e).__name__}: {e}")
                 continue
@@ -387,16 +393,8 @@ class DeviceDaemon:
         """Run the daemon's pipeline on one image (the HTTP API); between two camera frames, never during one.
         Returns (faces, timings ms, head version); the image is not kept and cannot be labelled."""
         t0 = time.perf_counter()
-        with self._pipeline_lock:
-            t1 = time.perf_counter()
-            predict_frame = getattr(self.pipeline, "predict_frame", None)
-            if predict_frame is not None:
-                fr = predict_frame(frame)
-                faces, timings, version = fr.faces, dict(fr.timings), fr.head_version
-            else:
-                faces = self.pipeline.predict(frame)
-                timings, version = (dict(faces[0].timings) if faces else {}), None
-        timings["wait"] = (t1 - t0) * 1e3
+        faces, timings, version, waited = self._run_pipeline(frame)
+        timings["wait"] = waited
         timings["total"] = (time.perf_counter() - t0) * 1e3
         return faces, timings, version if version is not None else self.pipeline.head.version
 
