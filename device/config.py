@@ -57,6 +57,9 @@ class PublishConfig(_Strict):
     predictions_max_hz: float = Field(5.0, gt=0, le=1000, description="at most this many prediction messages/s")
     predictions_heartbeat_s: float = Field(5.0, gt=0, description="publish at least this often even without change")
     status_interval_s: float = Field(10.0, gt=0, description="retained status every N seconds (and on events)")
+    canary_status_interval_s: float = Field(2.0, gt=0, description="... this often while the device is in its "
+                                            "fleet's canary ring (the rollout gate judges a version by it)")
+    max_plan_bytes: int = Field(256 << 10, ge=1024, le=16 << 20, description="larger rollout plans are refused")
 
 
 class OtaConfig(_Strict):

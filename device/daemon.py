@@ -29,6 +29,7 @@ from infantino.runtime.contract.head import Head
 from infantino.runtime.contract.manifest import MANIFEST_FILE
 from infantino.runtime.contract.classes import CLASSES
 from infantino.runtime.contract.messages import CommandMessage, PredictionMessage, SampleMessage, StatusMessage
+from infantino.runtime.contract.rollout import RolloutPlan
 from infantino.runtime.contract.head_update import UpdateLimits
 from infantino.runtime.contract.signing import TrustedKeys
 from infantino.runtime.mqtt import Message
@@ -37,6 +38,7 @@ from infantino.runtime.sources import Reconnecting, SourceConfig, SourceError, s
 
 from .config import DeviceConfig
 from .head_store import HeadStore
+from .health import HealthMonitor
 from .mqtt_link import DeviceLink
 from .ota import OtaApplier, OtaResult
 from .samples import SampleOutbox
@@ -234,6 +236,7 @@ class DeviceDaemon:
         self.ota: OtaApplier | None = None
         self.link: DeviceLink | None = None
         self.on_applied: list[Callable[[OtaResult], None]] = []
+        self.health = HealthMonitor(facts.head)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "DeviceDaemon":
@@ -244,12 +247,14 @@ class DeviceDaemon:
             self._error(f"head store: {p}")
         if self.pipeline.head.sha256 != loaded.head.sha256 or self.pipeline.head.version != loaded.head.version:
             self.pipeline.swap_head(loaded.head)
+        self.health = HealthMonitor(loaded.head)
         self.link = DeviceLink(self.config, on_update=lambda m: self.inbox.put(("update", m)),
                                on_command=lambda m: self.inbox.put(("cmd", m)),
-                               on_connect=lambda _sp: self._status_now.set())
+                               on_connect=lambda _sp: self._status_now.set(),
+                               on_plan=lambda m: self.inbox.put(("plan", m)))
         self.ota = OtaApplier(self.store, self.update_keys, self.facts.extractor_id, fleet=self.config.fleet,
                               limits=UpdateLimits(max_bytes=self.config.ota.max_update_bytes),
-                              embedding_dim=self.facts.embedding_dim, swap=self.pipeline.swap_head,
+                              embedding_dim=self.facts.embedding_dim, swap=self._swap_head,
                               request_full_head=self.link.request_full_head, on_result=self._on_ota_result)
         for name, target in (("process", self._process_loop), ("control", self._control_loop)):
             t = threading.Thread(target=target, name=f"infantino-{name}", daemon=True)
@@ -275,7 +280,6 @@ class DeviceDaemon:
 
     def supervise(self) -> None:
         """Status every N seconds (and on events), held samples when due, until stop is requested."""
-        interval = self.config.publish.status_interval_s
         next_status = time.monotonic()
         while not self.stop_event.is_set():
             self.outbox.flush_due()
@@ -283,7 +287,9 @@ class DeviceDaemon:
             if self._status_now.is_set() or now >= next_status:
                 self._status_now.clear()
                 self.publish_status()
-                next_status = now + interval
+                pub = self.config.publish
+                next_status = now + (pub.canary_status_interval_s if self.link is not None and self.link.ring
+                                     else pub.status_interval_s)
             self._status_now.wait(min(0.2, max(0.0, next_status - now)))
         log.info("stop requested")
 
@@ -383,6 +389,10 @@ class DeviceDaemon:
                 continue
             timings["total"] = (time.perf_counter() - t0) * 1e3
             self.stats.record(timings, faces=len(faces))
+            try:
+                self.health.observe(faces)
+            except Exception as e:  # the shadow head is advisory: it must never stop the camera loop
+                self._error(f"head health: {type(e).__name__}: {e}")
             head_version = faces[0].head_version if faces else self.pipeline.head.version
             rec = FrameRecord(frame_id, grabbed_at, head_version, list(faces))
             self.ring.add(rec)
@@ -419,6 +429,8 @@ class DeviceDaemon:
             try:
                 if kind == "update":
                     self._handle_update(msg)
+                elif kind == "plan":
+                    self._handle_plan(msg)
                 else:
                     self._handle_command(msg)
             except Exception as e:  # never let one message kill the control thread
@@ -430,6 +442,32 @@ class DeviceDaemon:
         if self.link.is_full_head(msg):
             self.link.full_head_handled()
         return res
+
+    def _swap_head(self, new: Head) -> None:
+        """Install a head in the pipeline; the replaced head becomes the health monitor's shadow."""
+        old = self.pipeline.head
+        fps, latency = self.stats.fps(), self.stats.latency_ms().get("total")
+        self.pipeline.swap_head(new)
+        self.health.head_changed(old, new, fps=round(fps, 2) if fps else None, latency_ms=latency)
+
+    def _handle_plan(self, msg: Message) -> None:
+        """The fleet's retained rollout plan: follow the canary ring's head topics when this device is in it."""
+        limit = self.config.publish.max_plan_bytes
+        if not msg.payload:  # the plan was cleared (rollout switched off): back to the main ring
+            ring = None
+        else:
+            try:
+                if len(msg.payload) > limit:
+                    raise ValueError(f"rollout plan of {len(msg.payload)} bytes exceeds the {limit}-byte limit")
+                plan = RolloutPlan.model_validate_json(msg.payload)
+                if plan.fleet != self.config.fleet:
+                    raise ValueError(f"plan is for fleet {plan.fleet!r}, this device is in {self.config.fleet!r}")
+            except ValueError as e:
+                self._error(f"bad rollout plan on {msg.topic}: {short_error(e)}")
+                return
+            ring = plan.ring_of(self.config.device_id)
+        if self.link.set_ring(ring):
+            self._status_now.set()
 
     def _on_ota_result(self, res: OtaResult) -> None:
         if res.status == "rejected":
@@ -548,6 +586,8 @@ class DeviceDaemon:
             previous_head_version=self.store.previous.version if self.store and self.store.previous else None,
             camera=self.camera_state, uptime_s=round(time.time() - self.started_at, 1),
             samples_sent=self.samples_sent, last_face_frame_id=rec.frame_id if rec is not None else None,
+            fleet=self.config.fleet, ring=self.link.ring if self.link is not None else None,
+            health=self.health.report(fps=round(self.stats.fps(), 2), latency_ms=self.stats.latency_ms().get("total")),
         )
 
     def publish_status(self) -> None:

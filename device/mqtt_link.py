@@ -4,6 +4,8 @@ Built on runtime.mqtt.MqttLink (paho-mqtt 2.x, MQTT v5, client id `infantino-dev
 bounded reconnect back-off, every subscription renewed on connect). The retained full head is subscribed at
 each connect (the broker sends the latest one) and whenever the device misses a delta; after one arrives
 the device unsubscribes again unless `ota.follow_full_head` is set, so steady-state traffic is deltas only.
+Staged rollout: the fleet's retained rollout plan (runtime.contract.rollout) says whether this device is in the
+canary ring; `set_ring` then moves the head subscriptions to that ring's topics (and back).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ class DeviceLink:
     """Publishes status/predictions/samples for one device and routes head updates and commands to handlers."""
 
     def __init__(self, config: DeviceConfig, *, on_update: Callable[[Message], None],
-                 on_command: Callable[[Message], None], on_connect: Callable[[bool], None] | None = None):
+                 on_command: Callable[[Message], None], on_connect: Callable[[bool], None] | None = None,
+                 on_plan: Callable[[Message], None] | None = None):
         self.config = config
         self.topics = Topics(config.topic_prefix)
         dev, fleet = config.device_id, config.fleet
@@ -33,6 +36,7 @@ class DeviceLink:
         self.predictions_topic = self.topics.predictions(dev)
         self.samples_topic = self.topics.samples(dev)
         self.cmd_topic = self.topics.cmd(dev)
+        self.ring: str | None = None  # None: the main ring (the fleet's committed head)
         self.head_topic = self.topics.fleet_head(fleet)
         self.delta_topic = self.topics.fleet_delta(fleet)
         will = StatusMessage(device_id=dev, state="offline").model_dump_json().encode()
@@ -43,6 +47,8 @@ class DeviceLink:
         self.link.subscribe(self.delta_topic, on_update, qos=1)
         self.link.subscribe(self.cmd_topic, on_command, qos=1)
         self.link.subscribe(self.head_topic, on_update, qos=1)
+        if on_plan is not None:
+            self.link.subscribe(self.topics.fleet_rollout(fleet), on_plan, qos=1)
         self.link.add_on_disconnect(self._want_full_head_on_reconnect)
         if on_connect is not None:
             self.link.add_on_connect(on_connect)
@@ -63,6 +69,24 @@ class DeviceLink:
         self.link.stop(timeout)
 
     # ---- head subscription management ----------------------------------------------------------
+    def set_ring(self, ring: str | None) -> bool:
+        """Follow this rollout ring's head topics (None: the main ring's); True when the ring changed. The new
+        ring's retained full head arrives at once (a subscription sends it)."""
+        with self._lock:
+            if ring == self.ring:
+                return False
+            log.info("rollout: device %s moves from ring %s to ring %s", self.config.device_id,
+                     self.ring or "main", ring or "main")
+            self.link.unsubscribe(self.delta_topic)
+            if self.link.is_subscribed(self.head_topic):
+                self.link.unsubscribe(self.head_topic)
+            fleet = self.config.fleet
+            self.ring = ring
+            self.head_topic, self.delta_topic = self.topics.ring_head(fleet, ring), self.topics.ring_delta(fleet, ring)
+            self.link.subscribe(self.delta_topic, self._on_update, qos=1)
+            self.link.subscribe(self.head_topic, self._on_update, qos=1)
+            return True
+
     def _want_full_head_on_reconnect(self) -> None:
         if not self.link.is_subscribed(self.head_topic):
             self.link.subscribe(self.head_topic, self._on_update, qos=1)  # renewed (and sent) at the next connect

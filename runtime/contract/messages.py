@@ -72,6 +72,25 @@ class PredictionMessage(_Msg):
     faces: list[FacePrediction]
 
 
+class HeadHealth(_Msg):
+    """How the running head behaves on live frames, next to the head it replaced run on the same faces (a shadow):
+    what the update service's rollout gate judges a canary version by. Means are per face since the swap."""
+
+    version: int
+    baseline_version: Optional[int] = None
+    since: float = Field(description="when this head was swapped in (epoch s)")
+    faces: int = 0
+    entropy: Optional[float] = None
+    baseline_entropy: Optional[float] = None
+    set_size: Optional[float] = None
+    baseline_set_size: Optional[float] = None
+    label_changed: Optional[float] = Field(None, description="share of faces whose top-1 differs from the baseline's")
+    fps: Optional[float] = None
+    baseline_fps: Optional[float] = None
+    latency_ms: Optional[float] = None
+    baseline_latency_ms: Optional[float] = None
+
+
 class StatusMessage(_Msg):
     device_id: str
     state: Literal["online", "offline"]
@@ -93,6 +112,10 @@ class StatusMessage(_Msg):
     uptime_s: Optional[float] = None
     samples_sent: int = 0
     last_face_frame_id: Optional[int] = None  # newest frame with a face that `label` can still use
+    # staged rollout (issue 14): the device's fleet and ring, and its head's health on live frames
+    fleet: Optional[str] = None
+    ring: Optional[str] = None
+    health: Optional[HeadHealth] = None
 
 
 class CommandMessage(_Msg):

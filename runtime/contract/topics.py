@@ -17,6 +17,22 @@ class Topics:
     def fleet_delta(self, fleet: str) -> str:
         return f"{self.prefix}/fleet/{fleet}/head/delta"
 
+    def ring_head(self, fleet: str, ring: str | None) -> str:
+        """A rollout ring's retained full head; the main ring (None, the committed head) is `fleet_head`."""
+        return self.fleet_head(fleet) if not ring else f"{self.prefix}/fleet/{fleet}/ring/{ring}/head"
+
+    def ring_delta(self, fleet: str, ring: str | None) -> str:
+        """A rollout ring's deltas; the main ring (None) is `fleet_delta`."""
+        return self.fleet_delta(fleet) if not ring else f"{self.prefix}/fleet/{fleet}/ring/{ring}/head/delta"
+
+    def fleet_rollout(self, fleet: str) -> str:
+        """Retained: the fleet's rollout plan (which devices form which ring; runtime.contract.rollout)."""
+        return f"{self.prefix}/fleet/{fleet}/rollout"
+
+    def fleet_service_cmd(self, fleet: str) -> str:
+        """Operator commands to the update service for a fleet (rollout commit / abort)."""
+        return f"{self.prefix}/fleet/{fleet}/service/cmd"
+
     def fleet_service_status(self, fleet: str) -> str:
         """Retained: the update service's view of a fleet (published version, held-back versions, real-face guard)."""
         return f"{self.prefix}/fleet/{fleet}/service/status"

@@ -9,7 +9,7 @@ LEARN_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0
 
 class ServiceMetrics:
     """Samples by outcome, learn_one latency, updates published / held back, head version and real-face
-    agreement of the last published head, per fleet."""
+    agreement of the last published head, rollout decisions, per fleet."""
 
     def __init__(self):
         self.registry = CollectorRegistry()
@@ -26,6 +26,8 @@ class ServiceMetrics:
         self.agreement = Gauge("infantino_service_realface_agreement",
                                "real-face agreement with the teacher of the last published head", ["fleet"],
                                registry=r)
+        self.rollouts = Counter("infantino_service_rollout_decisions", "canary versions committed or rolled back",
+                                ["fleet", "decision", "by"], registry=r)
         self.devices = Gauge("infantino_service_devices", "devices by state from their retained statuses",
                              ["fleet", "state"], registry=r)
 
