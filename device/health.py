@@ -28,6 +28,9 @@ class HealthMonitor:
     def _reset(self, head: Head, baseline: Optional[Head], fps: Optional[float], latency: Optional[float]) -> None:
         self.version, self.sha256 = head.version, head.sha256
         self.baseline = baseline if baseline is not None and baseline.input_dim == head.input_dim else None
+        # set sizes compare only between two calibrated heads (an uncalibrated head's "set" is its top-1)
+        self.compare_sets = (self.baseline is not None and self.baseline.conformal_qhat is not None
+                             and head.conformal_qhat is not None)
         self.since = time.time()
         self.baseline_fps, self.baseline_latency_ms = fps, latency
         self.faces = 0
@@ -70,7 +73,7 @@ class HealthMonitor:
                 since=round(self.since, 3), faces=n,
                 entropy=round(float(m[0]), 4) if n else None, set_size=round(float(m[1]), 4) if n else None,
                 baseline_entropy=round(float(m[2]), 4) if has_base else None,
-                baseline_set_size=round(float(m[3]), 4) if has_base else None,
+                baseline_set_size=round(float(m[3]), 4) if has_base and self.compare_sets else None,
                 label_changed=round(float(m[4]), 4) if has_base else None,
                 fps=fps, baseline_fps=self.baseline_fps, latency_ms=latency_ms,
                 baseline_latency_ms=self.baseline_latency_ms)

@@ -50,6 +50,8 @@ class RolloutConfig(_Strict):
     devices: list[str] = Field(default_factory=list, description="canary devices by id")
     percent: float = Field(0.0, ge=0, le=100, description="plus this share of the fleet, chosen by a stable hash "
                            "of fleet and device id (the same across restarts)")
+    collect_s: float = Field(2.0, ge=0, le=3600, description="a candidate is made this long after the first sample "
+                             "learned since the last one (a burst of labels lands in one candidate)")
     auto_commit: bool = Field(True, description="commit a version that passes the gate (else wait for an "
                               "operator's commit)")
     gate: GateConfig = Field(default_factory=GateConfig)

@@ -201,7 +201,7 @@ class FleetUnit:
             wake = min(wake, max(0.001, due - now))
         if self.unacked:
             wake = min(wake, max(0.001, self.last_checkpoint + self.config.checkpoint_s - now))
-        if self.rollout is not None and self.rollout.phase != "idle":
+        if self.rollout is not None and (self.rollout.phase != "idle" or self.w.dirty):
             wake = min(wake, 0.1)
         return wake
 
@@ -389,7 +389,8 @@ class FleetUnit:
             if ring == MAIN or ro.phase == "idle":
                 self._resend_known(ring)
         if ro.phase == "idle":
-            if w.dirty_samples and due:
+            collected = w.first_received_at is None or time.time() - w.first_received_at >= ro.cfg.collect_s
+            if w.dirty_samples and due and collected:
                 self._start_canary()
             return
         verdict = ro.verdict()

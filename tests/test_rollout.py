@@ -1,0 +1,166 @@
+"""Staged rollout on a loopback fleet of 20 real device daemons (3 in the canary ring) and a real Mosquitto:
+a good stream is committed to every device; a poisoned burst reaches only the canary ring, fails the health gate
+and is rolled back automatically (the rest of the fleet never runs it); learning then goes on; an operator can
+commit or abort over MQTT. Plus the gate's judgement and the devices' ring membership as units."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from fixtures_mqtt import mqtt_broker_config
+from fixtures_mqtt import wait_for as _wait_for
+from infantino.benchmarks.fleetsim import SimFleet, fit_sim_head
+from infantino.runtime.configfile import validate_config
+from infantino.runtime.contract.rollout import RolloutPlan, bucket
+from infantino.runtime.mqtt import MqttLink
+from infantino.trainer.service import GateConfig, TrainerServiceConfig, UpdateService, judge
+
+
+def wait_for(cond, timeout=30.0, step=0.05):
+    return _wait_for(cond, timeout, step)
+
+
+@pytest.fixture(scope="module")
+def sim_head(tmp_path_factory):
+    return fit_sim_head(tmp_path_factory.mktemp("sim_head"))
+
+
+def start_fleet(tmp_path, mosquitto, sim_head, **over):
+    fleet = SimFleet(tmp_path, mqtt_broker_config(mosquitto), devices=20, canary=3, head_dir=sim_head)
+    cfg = fleet.service_config(**over)
+    svc = UpdateService(validate_config(TrainerServiceConfig, cfg)).start()
+    fleet.start()
+    assert wait_for(lambda: svc.ready and fleet.wait_connected(0.1))
+    rings = lambda: fleet.rings()  # noqa: E731
+    assert wait_for(lambda: [d for d, r in rings().items() if r == "canary"] == fleet.canary_ids), rings()
+    return fleet, svc
+
+
+def decisions(svc, kind):
+    return [d for d in list(svc.decisions) if d.decision == kind]
+
+
+@pytest.mark.mqtt
+def test_poisoned_burst_stays_on_the_canary_ring_and_is_rolled_back(tmp_path, mosquitto, sim_head):
+    fleet, svc = start_fleet(tmp_path, mosquitto, sim_head, rollout={"collect_s": 2.0})
+    unit = svc.unit("nursery")
+    canary = [d for d in fleet.daemons if d.config.device_id in fleet.canary_ids]
+    rest = [d for d in fleet.daemons if d.config.device_id not in fleet.canary_ids]
+    try:
+        # 1. a good stream: canary first, then the whole fleet
+        fleet.send(100)
+        assert wait_for(lambda: decisions(svc, "commit"), 60), unit.rollout.status()
+        good = decisions(svc, "commit")[0]
+        assert good.by == "gate" and good.figures["devices_reporting"] >= 2, good
+        assert wait_for(lambda: set(fleet.versions().values()) == {good.version})
+        assert unit.w.state.published.version == good.version
+
+        # 2. a poisoned burst: everything labelled `angry`
+        fleet.send(200, poison=True)
+        assert wait_for(lambda: decisions(svc, "rollback"), 90), unit.rollout.status()
+        bad = decisions(svc, "rollback")[0]
+        assert bad.by == "gate" and bad.version > good.version, bad
+        assert any("label" in r or "entropy" in r for r in bad.reasons), bad.reasons
+        assert fleet.ever_ran(bad.version) and fleet.ever_ran(bad.version) <= set(fleet.canary_ids)
+        assert all(d.pipeline.head.version == good.version for d in rest)  # the rest never left the committed head
+        restore = unit.w.state.canary
+        assert restore.sha256 == unit.w.state.published.sha256 and restore.version > bad.version
+        assert wait_for(lambda: all(d.pipeline.head.sha256 == restore.sha256 for d in canary))
+        assert all(d.store.blocked_up_to < restore.version for d in canary)
+        quarantined = (unit.w.state.dir / "quarantine" / f"v{bad.version}.jsonl").read_text().splitlines()
+        assert len(quarantined) >= 150 and all(json.loads(q)["label"] == "angry" for q in quarantined)
+        assert unit.w.state.rollout["failed"] == [bad.version]
+
+        # 3. learning goes on: the next good stream is a new canary phase, committed to everyone
+        fleet.send(100)
+        assert wait_for(lambda: [d for d in decisions(svc, "commit") if d.version > restore.version], 60)
+        second = decisions(svc, "commit")[-1]
+        assert wait_for(lambda: set(fleet.versions().values()) == {second.version})
+        assert not fleet.ever_ran(bad.version) & {d.config.device_id for d in rest}
+        versions = [u.version for u in svc.published]
+        assert len(set((u.version, u.sha256) for u in svc.published)) == len({u.version for u in svc.published}), \
+            "a version number was published with two different weights"
+        assert versions  # and the retained status tells the story
+        st = unit.status()["rollout"]
+        assert st["phase"] == "idle" and st["committed_version"] == second.version and st["failed_versions"] == [bad.version]
+    finally:
+        fleet.stop()
+        svc.stop()
+
+
+@pytest.mark.mqtt
+def test_operator_commits_and_aborts_over_mqtt(tmp_path, mosquitto, sim_head):
+    """auto_commit off: a passing version waits; `commit` on the fleet's service command topic commits it,
+    `abort` rolls the next one back; a command naming another version is refused."""
+    fleet, svc = start_fleet(tmp_path, mosquitto, sim_head, rollout={"auto_commit": False, "collect_s": 0.5})
+    unit = svc.unit("nursery")
+    op = MqttLink(mqtt_broker_config(mosquitto), f"operator-{time.monotonic_ns()}", clean_start=True).start()
+    assert op.wait_connected(5)
+    topic = f"infantino/fleet/nursery/service/cmd"
+    replies = []
+    op.subscribe_and_wait("ops/replies", lambda m: replies.append(json.loads(m.payload)), qos=1)
+
+    def command(**cmd):
+        n = len(replies)
+        props = op.response_properties("ops/replies")
+        op.publish(topic, json.dumps(cmd), qos=1, properties=props)
+        assert wait_for(lambda: len(replies) > n, 15)
+        return replies[-1]
+
+    try:
+        fleet.send(40)
+        assert wait_for(lambda: unit.rollout.phase == "passed", 60), unit.rollout.status()
+        cand = unit.rollout.candidate_version
+        assert command(command="commit", version=cand + 5)["ok"] is False
+        out = command(command="commit", version=cand)
+        assert out["ok"] and out["decision"] == "commit" and out["by"] == "operator"
+        assert wait_for(lambda: set(fleet.versions().values()) == {cand})
+        fleet.send(40)
+        assert wait_for(lambda: unit.rollout.phase in ("canary", "passed"), 30)
+        nxt = unit.rollout.candidate_version
+        out = command(command="abort")
+        assert out["ok"] and out["decision"] == "rollback" and out["version"] == nxt
+        assert not fleet.ever_ran(nxt) - set(fleet.canary_ids)
+        assert command(command="abort")["ok"] is False  # nothing under observation now
+        assert command(command="launch")["ok"] is False
+    finally:
+        op.stop()
+        fleet.stop()
+        svc.stop()
+
+
+def test_gate_judgement():
+    gate = GateConfig(window_s=10, timeout_s=60, min_devices=2, min_faces=50, max_label_change=0.2,
+                      max_entropy_increase=0.1, min_fps_ratio=0.7)
+
+    def rep(version=7, faces=100, changed=0.05, ent=0.5, base_ent=0.5, fps=20.0, base_fps=20.0, last=None):
+        return {"health": {"version": version, "faces": faces, "label_changed": changed, "entropy": ent,
+                           "baseline_entropy": base_ent, "set_size": 1.2, "baseline_set_size": 1.1, "fps": fps,
+                           "baseline_fps": base_fps}, "last_update": last}
+
+    ok = {"a": rep(), "b": rep()}
+    assert judge(gate, 7, ok, 5).decision == "wait"              # window not over
+    assert judge(gate, 7, ok, 11).decision == "pass"
+    assert judge(gate, 7, {"a": rep()}, 11).decision == "wait"   # one device is not enough evidence
+    assert judge(gate, 7, {"a": rep()}, 61).decision == "fail"   # ... until the timeout
+    assert judge(gate, 7, {"a": rep(version=6), "b": rep(version=6)}, 11).decision == "wait"  # old version
+    v = judge(gate, 7, {"a": rep(changed=0.4), "b": rep(changed=0.3)}, 1)  # fails fast, before the window
+    assert v.decision == "fail" and "label changed" in v.reasons[0] and v.figures["label_change"] == 0.35
+    assert judge(gate, 7, {"a": rep(ent=0.8), "b": rep(ent=0.8)}, 11).decision == "fail"
+    assert judge(gate, 7, {"a": rep(fps=10), "b": rep(fps=10)}, 11).decision == "fail"
+    refused = {"a": rep(), "b": rep(), "c": {"last_update": {"version": 7, "status": "rejected", "reason": "x"}}}
+    assert judge(gate, 7, refused, 11).decision == "fail"
+    assert judge(gate, 7, {"a": rep(faces=10), "b": rep(faces=10)}, 11).decision == "wait"  # too few faces
+
+
+def test_ring_membership_is_stable_and_matches_the_percentage():
+    plan = RolloutPlan(fleet="nursery", devices=["cam-x"], percent=10)
+    ids = [f"cam-{i:05d}" for i in range(20000)]
+    share = sum(plan.ring_of(d) == "canary" for d in ids) / len(ids)
+    assert 0.09 < share < 0.11
+    assert plan.ring_of("cam-x") == "canary"
+    assert bucket("nursery", "cam-00001") == bucket("nursery", "cam-00001") != bucket("other", "cam-00001")
+    assert RolloutPlan(fleet="nursery").ring_of("cam-00001") is None
