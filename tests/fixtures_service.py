@@ -43,3 +43,11 @@ def service_sample(i: int, device: str = "cam-1", fleet: str = "nursery", extrac
     e[k] += 2.0
     return SampleMessage(device_id=device, fleet=fleet, sample_id=sample_id or f"{device}-{i}-{uuid.uuid4().hex[:6]}",
                          embedding=[float(v) for v in e], extractor_id=extractor_id, label=CLASSES[k])
+
+
+@pytest.fixture(scope="session")
+def sim_head(tmp_path_factory):
+    """The simulated fleet's starting head (benchmarks.fleetsim: class embeddings, calibrated)."""
+    from infantino.benchmarks.fleetsim import fit_sim_head
+
+    return fit_sim_head(tmp_path_factory.mktemp("sim_head"))

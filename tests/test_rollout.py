@@ -12,7 +12,7 @@ import pytest
 
 from fixtures_mqtt import mqtt_broker_config
 from fixtures_mqtt import wait_for as _wait_for
-from infantino.benchmarks.fleetsim import SimFleet, fit_sim_head
+from infantino.benchmarks.fleetsim import SimFleet
 from infantino.runtime.configfile import validate_config
 from infantino.runtime.contract.rollout import RolloutPlan, bucket
 from infantino.runtime.mqtt import MqttLink
@@ -21,11 +21,6 @@ from infantino.trainer.service import GateConfig, TrainerServiceConfig, UpdateSe
 
 def wait_for(cond, timeout=30.0, step=0.05):
     return _wait_for(cond, timeout, step)
-
-
-@pytest.fixture(scope="module")
-def sim_head(tmp_path_factory):
-    return fit_sim_head(tmp_path_factory.mktemp("sim_head"))
 
 
 def start_fleet(tmp_path, mosquitto, sim_head, **over):
@@ -99,7 +94,7 @@ def test_operator_commits_and_aborts_over_mqtt(tmp_path, mosquitto, sim_head):
     unit = svc.unit("nursery")
     op = MqttLink(mqtt_broker_config(mosquitto), f"operator-{time.monotonic_ns()}", clean_start=True).start()
     assert op.wait_connected(5)
-    topic = f"infantino/fleet/nursery/service/cmd"
+    topic = "infantino/fleet/nursery/service/cmd"
     replies = []
     op.subscribe_and_wait("ops/replies", lambda m: replies.append(json.loads(m.payload)), qos=1)
 

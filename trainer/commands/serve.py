@@ -9,19 +9,27 @@ import signal
 
 from infantino.runtime.cliutil import guarded, setup_logging
 from infantino.runtime.contract.signing import key_id
-from infantino.trainer.service import UpdateService, load_service_config
+from infantino.runtime.configfile import ConfigError, short_error
+from infantino.trainer.service import UpdateService, WorkersConfig, load_service_config
 
 HELP = "serve online head updates to a fleet over MQTT"
 
 
 def add_arguments(p) -> None:
     p.add_argument("--config", required=True, help="trainer.yaml (see examples/trainer.yaml)")
+    p.add_argument("--worker-id", help="this worker's name when several serve one state_dir (default: "
+                   "workers.worker_id, else host-pid-random)")
     p.add_argument("--check", action="store_true", help="load and check the config, signing key, bundles, head "
                    "states and saved fleet state, then exit, writing nothing")
 
 
 def run(args) -> int:
     cfg = load_service_config(args.config)
+    if getattr(args, "worker_id", None):
+        try:
+            cfg.workers = WorkersConfig(**{**cfg.workers.model_dump(), "worker_id": args.worker_id})
+        except ValueError as e:
+            raise ConfigError(f"--worker-id: {short_error(e)}") from None
     svc = UpdateService(cfg, read_only=args.check)
     if args.check:
         print(f"signing key {cfg.signing_key} (fingerprint {key_id(svc.signing_key.public_key())[:16]}…)")

@@ -125,6 +125,13 @@ class WorkersConfig(_Strict):
     worker_id: Optional[str] = Field(None, description="this worker's name (default: host-pid-random)")
     rebalance_s: float = Field(2.0, gt=0, le=300, description="look for free fleets and rebalance this often")
 
+    @field_validator("worker_id")
+    @classmethod
+    def _wid(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not TOPIC_LEVEL.match(v):
+            raise ValueError(f"worker_id must be 1-64 letters, digits, '.', '_' or '-' (a file name), got {v!r}")
+        return v
+
     def resolved_id(self) -> str:
         return self.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
 

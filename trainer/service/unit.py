@@ -60,6 +60,7 @@ class FleetUnit:
         self.synced = dict.fromkeys(worker.rings, False)
         self.sync_deadline: float | None = None
         self.plan_sent = False
+        self.announced = False
         self.link = MqttLink(cfg.broker, client_id=cfg.client_id(self.name), clean_start=False, manual_ack=True)
         fc = worker.cfg
         on_sample = lambda m: self.inbox.put(("sample", m))  # noqa: E731
@@ -280,6 +281,9 @@ class FleetUnit:
                     self.synced[ring] = True
             self.sync_deadline = None
         synced = all(self.synced.values())
+        if synced and not self.announced:  # which worker serves the fleet, as soon as it does
+            self.announced = True
+            self._publish_status()
         due = now - self.last_publish >= self.config.min_interval_ms / 1000.0
         if self.rollout is None:
             if not self.plan_sent and synced:  # no rollout: clear a plan left from one, devices follow the main ring
