@@ -18,7 +18,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from infantino.runtime.cliutil import run_subcommands  # noqa: E402
 
-SUBCOMMANDS = ["models", "pipeline", "online", "realfaces", "detect", "attacks", "fleet", "web"]
+SUBCOMMANDS = ["models", "pipeline", "online", "realfaces", "detect", "attacks", "fleet", "rollout", "workers", "web"]
 
 
 def main(argv=None) -> int:

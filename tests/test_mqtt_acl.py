@@ -128,8 +128,24 @@ def test_acl_device_writes_only_its_topics_and_reads_only_its_fleet_head(secure_
             time.sleep(0.02)
         assert [m.payload for m in heads] == [b"head v1"]
 
-        # a device's credentials cannot publish a head (refused: MQTT v5 PUBACK 0x87), nor into another device
-        for topic in (T.fleet_head("nursery"), T.fleet_delta("nursery"), T.samples("cam-02"), T.status("cam-02")):
+        # staged rollout: the trainer publishes the plan and the canary ring's head; the fleet's device reads them
+        ring_msgs = []
+        cam1.subscribe_and_wait(T.ring_head("nursery", "canary"), lambda m: ring_msgs.append(m))
+        cam1.subscribe_and_wait(T.fleet_rollout("nursery"), lambda m: ring_msgs.append(m))
+        for topic in (T.fleet_rollout("nursery"), T.ring_head("nursery", "canary"), T.ring_delta("nursery", "canary")):
+            p = trainer.publish(topic, b"x", qos=1, retain=topic != T.ring_delta("nursery", "canary"))
+            assert p.wait(5) and p.reason_code in (0, 0x10), (topic, p.reason_code)
+        deadline = time.monotonic() + 3
+        while len(ring_msgs) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sorted(m.topic for m in ring_msgs) == sorted([T.ring_head("nursery", "canary"),
+                                                             T.fleet_rollout("nursery")])
+
+        # a device's credentials cannot publish a head (refused: MQTT v5 PUBACK 0x87), nor into another device,
+        # nor a rollout plan, a ring's head or a command to the update service
+        for topic in (T.fleet_head("nursery"), T.fleet_delta("nursery"), T.samples("cam-02"), T.status("cam-02"),
+                      T.fleet_rollout("nursery"), T.ring_head("nursery", "canary"),
+                      T.fleet_service_cmd("nursery")):
             p = cam1.publish(topic, b"forged", qos=1, retain=True)
             assert p.wait(5) and p.reason_code == NOT_AUTHORIZED, (topic, p.reason_code)
         # ... but may publish its own samples, which reach the trainer

@@ -14,4 +14,7 @@ if [ -f "$pwfile" ]; then mosquitto_passwd -b "$pwfile" "$dev" "$pw"; else mosqu
 if ! grep -qx "user $dev" "$acl" 2>/dev/null; then
   printf '\nuser %s\ntopic read infantino/fleet/%s/head\ntopic read infantino/fleet/%s/head/delta\n' \
     "$dev" "$fleet" "$fleet" >> "$acl"
+  printf 'topic read infantino/fleet/%s/rollout\ntopic read infantino/fleet/%s/ring/+/head\n' \
+    "$fleet" "$fleet" >> "$acl"
+  printf 'topic read infantino/fleet/%s/ring/+/head/delta\n' "$fleet" >> "$acl"
 fi
