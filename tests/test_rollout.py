@@ -16,6 +16,7 @@ from infantino.benchmarks.fleetsim import SimFleet
 from infantino.runtime.configfile import validate_config
 from infantino.runtime.contract.rollout import RolloutPlan, bucket
 from infantino.runtime.mqtt import MqttLink
+from infantino.trainer.commands import rollout as rollout_cli
 from infantino.trainer.service import GateConfig, TrainerServiceConfig, UpdateService, judge
 
 
@@ -87,7 +88,7 @@ def test_poisoned_burst_stays_on_the_canary_ring_and_is_rolled_back(tmp_path, mo
 
 
 @pytest.mark.mqtt
-def test_operator_commits_and_aborts_over_mqtt(tmp_path, mosquitto, sim_head):
+def test_operator_commits_and_aborts_over_mqtt(tmp_path, mosquitto, sim_head, capsys):
     """auto_commit off: a passing version waits; `commit` on the fleet's service command topic commits it,
     `abort` rolls the next one back; a command naming another version is refused."""
     fleet, svc = start_fleet(tmp_path, mosquitto, sim_head, rollout={"auto_commit": False, "collect_s": 0.5})
@@ -105,13 +106,22 @@ def test_operator_commits_and_aborts_over_mqtt(tmp_path, mosquitto, sim_head):
         assert wait_for(lambda: len(replies) > n, 15)
         return replies[-1]
 
+    config = tmp_path / "trainer.yaml"
+    config.write_text(json.dumps(fleet.service_config(rollout={"auto_commit": False})))
+    cli = ["--config", str(config), "--fleet", "nursery"]
     try:
         fleet.send(40)
         assert wait_for(lambda: unit.rollout.phase == "passed", 60), unit.rollout.status()
         cand = unit.rollout.candidate_version
         assert command(command="commit", version=cand + 5)["ok"] is False
-        out = command(command="commit", version=cand)
-        assert out["ok"] and out["decision"] == "commit" and out["by"] == "operator"
+        assert rollout_cli.main(["status", *cli]) == 0
+        status = json.loads(capsys.readouterr().out)
+        assert status["phase"] == "passed" and status["candidate_version"] == cand
+        assert rollout_cli.main(["commit", *cli, "--version", str(cand + 1)]) == 2  # not the candidate: refused
+        capsys.readouterr()
+        assert rollout_cli.main(["commit", *cli, "--version", str(cand)]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["ok"] and out["decision"] == "commit" and out["by"] == "operator" and out["version"] == cand
         assert wait_for(lambda: set(fleet.versions().values()) == {cand})
         fleet.send(40)
         assert wait_for(lambda: unit.rollout.phase in ("canary", "passed"), 30)
@@ -159,3 +169,58 @@ def test_ring_membership_is_stable_and_matches_the_percentage():
     assert plan.ring_of("cam-x") == "canary"
     assert bucket("nursery", "cam-00001") == bucket("nursery", "cam-00001") != bucket("other", "cam-00001")
     assert RolloutPlan(fleet="nursery").ring_of("cam-00001") is None
+
+
+def _http(url: str, token: str | None = None, body: dict | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
+                                 method="POST" if body is not None else "GET")
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.mqtt
+def test_fleet_page_shows_the_rollout_and_the_operator_commits_over_http(tmp_path, mosquitto, sim_head):
+    from infantino.benchmarks.broker import free_port
+
+    (tmp_path / "user.token").write_text("user-token-123\n")
+    (tmp_path / "op.token").write_text("operator-token-456\n")
+    port = free_port()
+    fleet, svc = start_fleet(tmp_path, mosquitto, sim_head, rollout={"auto_commit": False, "collect_s": 0.5},
+                             web={"enabled": True, "port": port, "token_file": str(tmp_path / "user.token"),
+                                  "operator_token_file": str(tmp_path / "op.token")})
+    base = f"http://127.0.0.1:{port}"
+    user, op = "user-token-123", "operator-token-456"
+    try:
+        assert wait_for(lambda: svc.web.started and len(svc.device_status) == 20)
+        code, page = _http(base + "/", user)
+        assert code == 200 and "<h3>Rollout</h3>" in page and "phase <b>idle</b>" in page
+        assert wait_for(lambda: _http(base + "/", user)[1].count("<td>canary</td>") == 3)  # statuses name rings
+        code, page = _http(base + "/", user)
+        assert page.count("<td>main</td>") == 17
+        assert _http(base + "/v1/fleets/nursery/rollout/commit", user, {})[0] == 403       # not the operator
+        code, text = _http(base + "/v1/fleets/nursery/rollout/commit", op, {})
+        assert code == 409 and "no version under observation" in text
+        assert _http(base + "/v1/fleets/nursery/rollout/launch", op, {})[0] == 404
+        fleet.send(40)
+        assert wait_for(lambda: svc.unit("nursery").rollout.phase == "passed", 60)
+        cand = svc.unit("nursery").rollout.candidate_version
+        code, page = _http(base + "/", user)
+        assert f"candidate <b>v{cand}</b>" in page and f"commit v{cand}" in page and "gate: pass" in page
+        code, text = _http(base + "/v1/fleets/nursery/rollout/commit", op, {"version": cand})
+        assert code == 200 and json.loads(text)["decision"] == "commit", text
+        assert wait_for(lambda: set(fleet.versions().values()) == {cand})
+        report = json.loads(_http(base + "/v1/fleets", user)[1])
+        r = report["fleets"][0]["rollout"]
+        assert r["phase"] == "idle" and r["last_decision"]["by"] == "operator" and r["committed_version"] == cand
+    finally:
+        fleet.stop()
+        svc.stop()

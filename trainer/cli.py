@@ -9,7 +9,7 @@ from importlib.util import find_spec
 from infantino.runtime.cliutil import run_subcommands
 
 # One module per subcommand in infantino.trainer.commands (HELP, add_arguments, run).
-SUBCOMMANDS = ["synth", "fit", "promote", "partial", "predict", "serve"]
+SUBCOMMANDS = ["synth", "fit", "promote", "partial", "predict", "serve", "rollout"]
 
 
 def main(argv=None) -> int:

@@ -76,33 +76,7 @@ def create_app(service, cfg: ServiceWebConfig) -> FastAPI:
     return app
 
 
-LOGIN_def _rollout_html(f: dict) -> str:
-    """The fleet's rollout: phase, candidate vs committed, the gate's figures, the last decision, commit/abort."""
-    r = f.get("rollout")
-    if not r:
-        return "<p><small>no staged rollout: every version goes to every device at once</small></p>"
-    e = html.escape
-    g = (r.get("gate") or {})
-    figs = " · ".join(f"{e(k)} {e(_fmt(v))}" for k, v in (g.get("figures") or {}).items())
-    last = r.get("last_decision") or {}
-    last_txt = (f"last: v{last.get('version')} <b>{e(str(last.get('decision')))}</b> by {e(str(last.get('by')))} "
-                f"after {last.get('observed_s')} s{(': ' + e('; '.join(last.get('reasons') or []))) if last.get('reasons') else ''}"
-                if last else "no decision yet")
-    buttons = ""
-    if r.get("candidate_version") is not None:
-        v = int(r["candidate_version"])
-        buttons = "".join(f"<form method=post action='/rollout/{e(f['fleet'])}/{a}' style='display:inline'>"
-                          f"<input type=hidden name=version value={v}><button>{a} v{v}</button></form> "
-                          for a in ("commit", "abort"))
-    return (f"<h3>Rollout</h3><p>ring <b>{e(r['ring'])}</b> ({e(', '.join(r['canary_devices']) or '')}"
-            f"{' + ' + str(r['canary_percent']) + ' %' if r['canary_percent'] else ''}) · phase <b>{e(r['phase'])}</b>"
-            f"{' · candidate <b>v' + str(r['candidate_version']) + '</b>' if r.get('candidate_version') is not None else ''}"
-            f" · committed v{r['committed_version']} · failed {e(', '.join(f'v{v}' for v in r['failed_versions']) or 'none')}"
-            f"</p><p><small>gate: {e(str(g.get('decision', '–')))} {e('; '.join(g.get('reasons') or []))}"
-            f"{' · ' + figs if figs else ''}</small></p><p><small>{last_txt}</small></p>{buttons}")
-
-
-PAGE = """<!doctype html><html><head><meta charset=utf-8><title>InfantinO fleet</title>
+LOGIN_PAGE = """<!doctype html><html><head><meta charset=utf-8><title>InfantinO fleet</title>
 <style>body{font-family:system-ui,sans-serif;margin:3em}.bad{color:#b00}</style></head>
 <body><h1>InfantinO Edge: fleet</h1><!--msg--><form method=post action=/login>
 <label>Token <input name=token type=password autofocus></label> <button>Open</button></form></body></html>"""
