@@ -179,7 +179,7 @@ class Rollout:
         self.candidate_mark = 0
         return self._decided("commit", by, verdict)
 
-    def rolled_back(self, by: str, verdict: GateVerdict, learned_total: int) -> tuple[OnlineHead, Path | None]:
+    def rolled_back(self, by: str, verdict: GateVerdict) -> tuple[OnlineHead, Path | None]:
         """The candidate failed: (the online head to continue from, the quarantine file of what was learned since
         the commit). The failed version stays in `failed` (devices' anti-rollback check keeps it out)."""
         version = self.candidate_version

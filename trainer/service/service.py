@@ -219,7 +219,9 @@ class UpdateService:
             units = dict(self.units)
         for name, u in units.items():
             w = u.w
-            hist = [{"version": h.version, "held_back": h.held_back, "ring": h.ring, "samples": h.samples,
+            failed = set((u.rollout.state.rollout.get("failed") or []) if u.rollout is not None else [])
+            hist = [{"version": h.version, "held_back": h.held_back, "ring": h.ring, "note": h.note,
+                     "failed": h.version in failed, "samples": h.samples,
                      "learned_total": h.learned_total, "realface_agreement": h.realface_agreement,
                      "time": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(h.published_at))}
                     for h in history if h.fleet == name][-50:][::-1]

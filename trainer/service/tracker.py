@@ -34,6 +34,7 @@ class PublishedUpdate:
     realface_agreement_confident: Optional[float] = None
     held_back: bool = False                     # True: failed the guard, not published (version not consumed)
     ring: str = "main"                          # the rollout ring it went to ("main": the whole fleet's head)
+    note: Optional[str] = None                  # e.g. "commit of the canary version", "restores v3 (v4 failed)"
 
 
 @dataclass

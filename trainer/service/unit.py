@@ -323,7 +323,7 @@ class FleetUnit:
 
     def _send(self, ring: str, head: Head, delta: bytes | None, full: bytes, n_samples: int = 0,
               sample_ids: list[str] | None = None, first_received: float | None = None,
-              figures: dict | None = None) -> PublishedUpdate:
+              figures: dict | None = None, note: str | None = None) -> PublishedUpdate:
         """Durably record, then publish one version to one ring: the retained full head first (a device that
         missed the delta finds it), then the delta (the full update when there is no delta base)."""
         st = self.w.state
@@ -341,7 +341,7 @@ class FleetUnit:
                              sample_ids=sample_ids or [], first_received_at=first_received,
                              realface_agreement=figures["agreement"] if figures else None,
                              realface_agreement_confident=figures["agreement_confident"] if figures else None,
-                             ring=ring)
+                             ring=ring, note=note)
         self.host.published.append(pu)
         log.info("fleet %s: published head v%d to %s (%d samples, %s, full %d B)", self.name, head.version,
                  "the fleet" if ring == MAIN else f"ring {ring}", n_samples,
@@ -383,7 +383,7 @@ class FleetUnit:
     def _resend_known(self, ring: str) -> None:
         """A ring's devices hold weights unknown here: give them the ring's known head as a new full version."""
         head = self.w.state.ring_head(ring).replace(version=self.w.state.floor + 1)
-        self._send(ring, head, None, self.w.encode_full(head))
+        self._send(ring, head, None, self.w.encode_full(head), note="full head: the broker had lost this ring's head")
 
     def _rollout_tick(self, due: bool) -> None:
         ro, w = self.rollout, self.w
@@ -433,7 +433,7 @@ class FleetUnit:
         delta, full, result = w.encode_for(MAIN, cand)
         if result.sha256 != cand.sha256:  # a delta cannot reproduce the canary's exact weights: send them whole
             delta, full, result = None, w.encode_full(cand), cand
-        self._send(MAIN, result, delta, full)
+        self._send(MAIN, result, delta, full, note=f"commit of the {ro.cfg.ring} version ({by})")
         rec = ro.committed(by, verdict)
         self._decision(rec)
         return rec
@@ -442,8 +442,10 @@ class FleetUnit:
         ro, w = self.rollout, self.w
         ring = ro.cfg.ring
         restore = w.state.published.replace(version=w.state.floor + 1)  # the committed weights, a newer number
-        online, _ = ro.rolled_back(by, verdict, w.state.learned)
-        self._send(ring, restore, None, w.encode_full(restore))
+        failed = ro.candidate_version
+        online, _ = ro.rolled_back(by, verdict)
+        self._send(ring, restore, None, w.encode_full(restore),
+                   note=f"restores v{w.state.published.version}'s weights (v{failed} rolled back by {by})")
         w.state.online = online
         self._take_dirty()  # what they held is quarantined, not learned
         rec = ro.state.rollout["decisions"][-1]

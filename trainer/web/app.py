@@ -102,8 +102,10 @@ def render_page(report: dict, mlflow_ui: Optional[str]) -> str:
             f"<td>{_fmt(d['age_s'], '.0f')} s</td></tr>" for d in f["devices"]) or \
             "<tr><td colspan=9>no device status yet</td></tr>"
         hist = "".join(
-            f"<tr class={'held' if h['held_back'] else ''}><td>v{h['version']}</td>"
-            f"<td>{'held back' if h['held_back'] else 'published to ' + e(h.get('ring') or 'main')}</td><td>{h['samples']}</td>"
+            f"<tr class={'held' if h['held_back'] or h.get('failed') else ''}><td>v{h['version']}</td>"
+            f"<td>{'held back' if h['held_back'] else 'published to ' + e(h.get('ring') or 'main')}"
+            f"{' · <b>rolled back</b>' if h.get('failed') else ''}{' · ' + e(h['note']) if h.get('note') else ''}</td>"
+            f"<td>{h['samples']}</td>"
             f"<td>{h['learned_total']}</td><td>{_fmt(h['realface_agreement'], '.3f')}</td>"
             f"<td>{e(h['time'])}</td></tr>" for h in f["history"]) or "<tr><td colspan=6>nothing yet</td></tr>"
         run = f.get("mlflow_run_id")
