@@ -224,3 +224,29 @@ def test_fleet_page_shows_the_rollout_and_the_operator_commits_over_http(tmp_pat
     finally:
         fleet.stop()
         svc.stop()
+
+
+def test_rollout_decisions_are_logged_to_mlflow(mlflow_uri):
+    """A canary version, its gate decision (with the figures) and the commit to the fleet, in the fleet's run."""
+    from mlflow.tracking import MlflowClient
+
+    from infantino.trainer.service import GateDecision, MlflowConfig, PublishedUpdate, VersionTracker
+
+    t = VersionTracker(MlflowConfig(tracking_uri=mlflow_uri, experiment="rollout-test", flush_s=0.1), {}).start()
+    now = time.time()
+    t.record(PublishedUpdate("nursery", 5, 4, "ab" * 32, 100, 900, 30, 130, now, ring="canary"))
+    t.record(GateDecision("nursery", 5, "rollback", "gate", ["top-1 label changed on a share of 0.40 > 0.3"],
+                          {"label_change": 0.4, "entropy_increase": 0.02, "devices_reporting": 3}, now + 3, 3.0))
+    t.record(PublishedUpdate("nursery", 7, 4, "cd" * 32, 100, 900, 30, 160, now + 9, ring="main"))
+    t.record(GateDecision("nursery", 7, "commit", "operator", [], {"label_change": 0.05}, now + 9, 4.0))
+    t.stop()
+    assert t.error is None and t.logged == 4
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    run = client.get_run(t.runs["nursery"])
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "rollout_committed")] == \
+        [(5, 0.0), (7, 1.0)]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "gate_label_change")] == [0.4, 0.05]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "canary_head_version")] == [5]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "head_version")] == [7]
+    assert run.data.tags["rollout.v5"].startswith("rollback (gate): top-1 label changed")
+    assert run.data.tags["head_version"] == "7"

@@ -155,19 +155,24 @@ class Rollout:
             self.since_commit.append(sample.model_dump(exclude_none=True))
 
     # ---- phases ----------------------------------------------------------------------------------
-    def started(self, candidate: Head, online: OnlineHead) -> None:
-        """The candidate (made from `online`, a snapshot) went to the canary ring: observe it from now on."""
+    def started(self, candidate: Head, online: OnlineHead, realface: Optional[dict] = None) -> None:
+        """The candidate (made from `online`, a snapshot) went to the canary ring: observe it from now on.
+        `realface`: the real-face guard's figures of the candidate (reported with the gate's)."""
         self.candidate_online = online
         atomic_write_bytes(self.dir / CANDIDATE_FILE, online.to_bytes())
         self.candidate_mark = len(self.since_commit)
         self.state.rollout.update(phase="canary", candidate={"version": candidate.version, "sha256": candidate.sha256},
-                                  started_at=time.time())
+                                  started_at=time.time(),
+                                  realface_agreement=(realface or {}).get("agreement"))
         log.info("fleet %s: canary phase for v%d (ring %s)", self.fleet, candidate.version, self.cfg.ring)
 
     def verdict(self, now: float | None = None) -> GateVerdict:
         elapsed = (now or time.time()) - float(self.state.rollout.get("started_at") or time.time())
-        self.last_verdict = judge(self.cfg.gate, self.candidate_version, self.reports, elapsed)
-        return self.last_verdict
+        v = judge(self.cfg.gate, self.candidate_version, self.reports, elapsed)
+        if self.state.rollout.get("realface_agreement") is not None:  # passed the real-face guard to get here
+            v.figures["realface_agreement"] = self.state.rollout["realface_agreement"]
+        self.last_verdict = v
+        return v
 
     def committed(self, by: str, verdict: GateVerdict) -> dict:
         """The candidate is now the whole fleet's head: its online snapshot becomes the committed one."""

@@ -424,7 +424,7 @@ class FleetUnit:
         snapshot = OnlineHead.from_bytes(w.state.online.to_bytes())  # what the candidate is made from
         delta, full, result = w.encode_for(ring, cand)
         self._send(ring, result, delta, full, len(ids), ids, first, figures)
-        ro.started(result, snapshot)
+        ro.started(result, snapshot, figures)
         self._phase_changed()
 
     def _commit(self, by: str, verdict: GateVerdict) -> dict:
