@@ -26,7 +26,7 @@ def wait_for(cond, timeout=30.0, step=0.05):
 
 def start_fleet(tmp_path, mosquitto, sim_head, **over):
     fleet = SimFleet(tmp_path, mqtt_broker_config(mosquitto), devices=20, canary=3, head_dir=sim_head)
-    cfg = fleet.service_config(**over)
+    fleet.config = cfg = fleet.service_config(**over)
     svc = UpdateService(validate_config(TrainerServiceConfig, cfg)).start()
     fleet.start()
     assert wait_for(lambda: svc.ready and fleet.wait_connected(0.1))
@@ -250,3 +250,28 @@ def test_rollout_decisions_are_logged_to_mlflow(mlflow_uri):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "head_version")] == [7]
     assert run.data.tags["rollout.v5"].startswith("rollback (gate): top-1 label changed")
     assert run.data.tags["head_version"] == "7"
+
+
+@pytest.mark.mqtt
+def test_a_restarted_service_resumes_the_canary_phase(tmp_path, mosquitto, sim_head):
+    """Stop the service while a version waits on the canary ring: the next start resumes the phase (same
+    candidate, same committed head), and committing it then moves the whole fleet."""
+    fleet, svc = start_fleet(tmp_path, mosquitto, sim_head, rollout={"auto_commit": False, "collect_s": 0.5})
+    try:
+        fleet.send(40)
+        assert wait_for(lambda: svc.unit("nursery").rollout.phase == "passed", 60)
+        cand = svc.unit("nursery").rollout.candidate_version
+        committed = svc.unit("nursery").w.state.published.version
+        svc.stop()
+        svc = UpdateService(validate_config(TrainerServiceConfig, fleet.config)).start()
+        assert wait_for(lambda: svc.ready)
+        ro = svc.unit("nursery").rollout
+        assert ro.phase == "passed" and ro.candidate_version == cand
+        assert svc.unit("nursery").w.state.published.version == committed
+        assert svc.unit("nursery").w.state.canary.version == cand
+        assert all(v == (cand if d in fleet.canary_ids else committed) for d, v in fleet.versions().items())
+        assert svc.rollout_command("nursery", "commit", cand)["decision"] == "commit"
+        assert wait_for(lambda: set(fleet.versions().values()) == {cand})
+    finally:
+        fleet.stop()
+        svc.stop()
