@@ -7,14 +7,12 @@ sends a CommandMessage with that ResponseTopic, and waits for the daemon's JSON 
 
 from __future__ import annotations
 
-import json
 import os
-import threading
 import uuid
 
 from infantino.runtime.contract.errors import InfantinoError
 from infantino.runtime.contract.messages import CommandMessage
-from infantino.runtime.mqtt import MqttLink
+from infantino.runtime.mqtt import MqttError, MqttLink, read_retained_json, request_json
 from infantino.runtime.contract.topics import Topics
 
 from .config import DeviceConfig, load_device_config
@@ -37,32 +35,13 @@ def send_command(config: str | os.PathLike | DeviceConfig, command: dict, timeou
     cmd = CommandMessage(**{**command, "request_id": req_id})
     topics = Topics(cfg.topic_prefix)
     reply_topic = f"{topics.cmd(cfg.device_id)}/reply/{req_id}"
-    got: dict = {}
-    done = threading.Event()
-
-    def on_reply(m):
-        try:
-            got.update(json.loads(m.payload))
-        except ValueError:
-            got.update({"ok": False, "error": f"unreadable reply: {m.payload[:200]!r}"})
-        done.set()
-
     link = _cli_link(cfg).start()
     try:
-        if not link.wait_connected(timeout):
-            raise CommandFailed(f"cannot reach the broker at {cfg.broker.describe()} within {timeout} s"
-                                + (f" ({link.last_error})" if link.last_error else ""))
-        codes = link.subscribe_and_wait(reply_topic, on_reply, qos=1, timeout=timeout)
-        if any(c >= 0x80 for c in codes):
-            raise CommandFailed(f"the broker refused the reply subscription {reply_topic} (ACL?)")
-        props = link.response_properties(reply_topic, req_id.encode())
-        pub = link.publish(topics.cmd(cfg.device_id), cmd.model_dump_json(exclude_none=True), qos=1, properties=props)
-        if not pub.wait(timeout) or not pub.accepted:
-            raise CommandFailed(f"the broker did not accept the command on {topics.cmd(cfg.device_id)} "
-                                f"(reason code {pub.reason_code})")
-        if not done.wait(timeout):
-            raise CommandFailed(f"no answer from device {cfg.device_id} within {timeout} s (is the daemon running "
-                                f"and connected?)")
+        got = request_json(link, topics.cmd(cfg.device_id), cmd.model_dump_json(exclude_none=True), reply_topic,
+                           timeout, f"device {cfg.device_id} (is the daemon running and connected?)",
+                           correlation=req_id.encode())
+    except MqttError as e:
+        raise CommandFailed(str(e)) from None
     finally:
         link.stop(timeout=1.0)
     if not got.get("ok"):
@@ -74,23 +53,13 @@ def read_status(config: str | os.PathLike | DeviceConfig, timeout: float = 5.0) 
     """The device's retained status message as a dict."""
     cfg = config if isinstance(config, DeviceConfig) else load_device_config(config)
     topic = Topics(cfg.topic_prefix).status(cfg.device_id)
-    got: dict = {}
-    done = threading.Event()
-
-    def on_status(m):
-        try:
-            got.update(json.loads(m.payload))
-        except ValueError:
-            got.update({"raw": m.payload.decode(errors="replace")})
-        done.set()
-
     link = _cli_link(cfg).start()
     try:
-        if not link.wait_connected(timeout):
-            raise CommandFailed(f"cannot reach the broker at {cfg.broker.describe()} within {timeout} s")
-        link.subscribe_and_wait(topic, on_status, qos=1, timeout=timeout)
-        if not done.wait(min(timeout, 2.0)):
-            raise CommandFailed(f"no status retained for device {cfg.device_id} on {topic}")
+        got = read_retained_json(link, topic, timeout)
+    except MqttError as e:
+        raise CommandFailed(str(e)) from None
     finally:
         link.stop(timeout=1.0)
+    if got is None:
+        raise CommandFailed(f"no status retained for device {cfg.device_id} on {topic}")
     return got

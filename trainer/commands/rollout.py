@@ -5,14 +5,13 @@ operators read), or the fleet's retained service status for `status`."""
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 
 from infantino.runtime.cliutil import guarded, setup_logging
 from infantino.runtime.configfile import validate_config
 from infantino.runtime.contract.errors import InfantinoError
 from infantino.runtime.contract.topics import Topics
-from infantino.runtime.mqtt import BrokerConfig, MqttLink
+from infantino.runtime.mqtt import BrokerConfig, MqttLink, read_retained_json, request_json
 
 HELP = "rollout: commit / abort a fleet's canary version, or show its phase and gate figures"
 
@@ -46,38 +45,18 @@ def run(args) -> int:
         raise InfantinoError(f"fleet {args.fleet!r} is not in {args.config} ({', '.join(f.name for f in cfg.fleets)})")
     topics = Topics(cfg.topic_prefix)
     link = _link(cfg.broker, args).start()
-    got: dict = {}
-    done = threading.Event()
-
-    def on_message(m):
-        try:
-            got.update(json.loads(m.payload))
-        except ValueError:
-            got.update({"ok": False, "error": f"unreadable reply: {m.payload[:200]!r}"})
-        done.set()
-
     try:
-        if not link.wait_connected(args.timeout):
-            raise InfantinoError(f"cannot reach the broker at {cfg.broker.describe()} within {args.timeout:g} s")
         if args.action == "status":
-            link.subscribe_and_wait(topics.fleet_service_status(args.fleet), on_message, qos=1, timeout=args.timeout)
-            if not done.wait(args.timeout):
+            got = read_retained_json(link, topics.fleet_service_status(args.fleet), args.timeout)
+            if got is None:
                 raise InfantinoError(f"no service status for fleet {args.fleet} (is the update service running?)")
             print(json.dumps(got.get("rollout") or {"rollout": None, "published_version": got.get("published_version")},
                              indent=2))
             return 0
         req = uuid.uuid4().hex[:12]
-        reply = f"ops/{req}"
-        codes = link.subscribe_and_wait(reply, on_message, qos=1, timeout=args.timeout)
-        if any(c >= 0x80 for c in codes):
-            raise InfantinoError(f"the broker refused the reply subscription {reply} (ACL?)")
         cmd = {"command": args.action, "request_id": req, **({"version": args.version} if args.version else {})}
-        pub = link.publish(topics.fleet_service_cmd(args.fleet), json.dumps(cmd), qos=1,
-                           properties=link.response_properties(reply, req.encode()))
-        if not pub.wait(args.timeout) or not pub.accepted:
-            raise InfantinoError(f"the broker refused the command (reason code {pub.reason_code}; ACL?)")
-        if not done.wait(args.timeout):
-            raise InfantinoError(f"no answer from the update service for fleet {args.fleet} within {args.timeout:g} s")
+        got = request_json(link, topics.fleet_service_cmd(args.fleet), json.dumps(cmd), f"ops/{req}", args.timeout,
+                           f"the update service for fleet {args.fleet}", correlation=req.encode())
     finally:
         link.stop(timeout=1.0)
     print(json.dumps(got, indent=2, default=str))

@@ -16,7 +16,7 @@ import time
 import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from infantino.runtime.contract.atomic import atomic_write_bytes, atomic_write_text, fsync_dir
 from infantino.runtime.contract.errors import HeadError, InfantinoError

@@ -366,17 +366,23 @@ class FleetUnit:
         first, w.first_received_at = w.first_received_at, None
         return ids, first
 
-    def _publish_direct(self) -> None:
-        """Without a rollout: the online head goes to every device of the fleet at once."""
-        w = self.w
-        cand = w.candidate(MAIN)
+    def _next_candidate(self) -> tuple[Head, list[str], Optional[float], Optional[dict]] | None:
+        """The online head as the next version, with the samples it adds since the last one and the real-face
+        guard's figures; None when nothing changed or the guard held it back (reported)."""
+        cand = self.w.candidate(MAIN)
         ids, first = self._take_dirty()
         if cand is None:
-            return
+            return None
         ok, figures = self._guard(cand, len(ids))
-        if not ok:
+        return (cand, ids, first, figures) if ok else None
+
+    def _publish_direct(self) -> None:
+        """Without a rollout: the online head goes to every device of the fleet at once."""
+        nxt = self._next_candidate()
+        if nxt is None:
             return
-        delta, full, result = w.encode_for(MAIN, cand)
+        cand, ids, first, figures = nxt
+        delta, full, result = self.w.encode_for(MAIN, cand)
         self._send(MAIN, result, delta, full, len(ids), ids, first, figures)
         self._publish_status()
 
@@ -414,13 +420,10 @@ class FleetUnit:
     def _start_canary(self) -> None:
         ro, w = self.rollout, self.w
         ring = ro.cfg.ring
-        cand = w.candidate(MAIN)
-        ids, first = self._take_dirty()
-        if cand is None:
+        nxt = self._next_candidate()
+        if nxt is None:
             return
-        ok, figures = self._guard(cand, len(ids))
-        if not ok:
-            return
+        cand, ids, first, figures = nxt
         snapshot = OnlineHead.from_bytes(w.state.online.to_bytes())  # what the candidate is made from
         delta, full, result = w.encode_for(ring, cand)
         self._send(ring, result, delta, full, len(ids), ids, first, figures)
