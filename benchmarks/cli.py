@@ -1,8 +1,10 @@
 """`infantino-bench`: measure the extractor per backend (models), the frame path (pipeline), online learning (online),
-face detectors on composited real faces (detect).
+face detectors on composited real faces (detect), ...; `compare A.json B.json` prints the ratio B/A of every metric
+of two runs.
 
 Every comparison is taken in one interleaved run so that load from other processes hits all rows alike;
-results carry the machine description (--json/--csv) so hosts can be compared. See docs/benchmarks.md.
+every --json result carries the machine description (CPU, cores, Python, library versions, load average) so
+hosts can be compared. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from infantino.runtime.cliutil import run_subcommands  # noqa: E402
 
-SUBCOMMANDS = ["models", "pipeline", "online", "realfaces", "detect", "attacks", "fleet", "rollout", "workers", "web"]
+SUBCOMMANDS = ["models", "pipeline", "online", "realfaces", "detect", "attacks", "fleet", "rollout", "workers", "web",
+               "compare"]
 
 
 def main(argv=None) -> int:

@@ -110,6 +110,11 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip measuring the machine's peak FLOP/s (no fraction-of-peak column)")
 
 
+def args_config(args) -> dict:
+    """The command's arguments as the config record of its JSON (outputs and logging switches left out)."""
+    return {k: v for k, v in vars(args).items() if k not in ("json", "csv", "plot", "verbose", "quiet", "command")}
+
+
 def check_output_paths(args) -> None:
     """Fail before measuring if an output cannot be written (a directory given as a file, etc.)."""
     for name in ("json", "csv"):

@@ -32,6 +32,12 @@ def make_report(kind: str, machine: dict, config: dict, rows: list[dict], **sect
     return {"schema": SCHEMA, "kind": kind, "machine": machine, "config": config, "rows": rows, **sections}
 
 
+def make_plain_report(kind: str, machine: dict, config: dict, result: dict) -> dict:
+    """The JSON document of a benchmark whose result is a plain dict (attacks, fleet, web): its fields at the top
+    level beside schema, kind, machine and config, so every --json result records the machine it ran on."""
+    return {"schema": SCHEMA, "kind": kind, "machine": machine, "config": config, **result}
+
+
 def _clean(obj):
     """JSON-safe copy: numpy scalars/arrays to Python, NaN/inf to None, Paths to str."""
     if isinstance(obj, dict):

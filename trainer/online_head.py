@@ -1,7 +1,7 @@
 """The online head: scikit-learn MLPClassifier on 64-d embeddings, learning from single labelled samples.
 
-Each update is ONE partial_fit call on [new sample + replay_mix samples from a latent replay buffer (+ a few
-teacher anchors)] (partial_fit costs about the same for 1 or 100 rows, see MACHINE-FACTS), followed by a pull of
+Each update is ONE partial_fit step on [new sample + replay_mix samples from a latent replay buffer (+ a few
+teacher anchors)] (taken without partial_fit's input checks, bit-identical: trainer.mlp_step), followed by a pull of
 the weights toward an anchor head (weight-space regularisation). Replayed entries are learned against a mix of
 their label and the head's own probabilities stored with them (dark experience replay; a stored output is
 replaced when the head later does better on the entry's class); soft targets enter partial_fit as one weighted
@@ -35,6 +35,7 @@ from infantino.runtime.contract.layout import HEAD_FILE
 from infantino.runtime.contract.layout import HEAD_STATE_FILE as STATE_FILE
 from infantino.runtime.contract.layout import LEGACY_HEAD_STATE_FILE as LEGACY_STATE_FILE
 
+from . import mlp_step
 from .conformal import (CalibrationBuffer, check_coverage_level, conformal_quantile, nonconformity,
                         weighted_conformal_quantile)
 from .labels import AMBIGUITY_RULES, expand_targets, label_index, make_target, target_from_any
@@ -367,7 +368,7 @@ class OnlineHead:
                 return conformal_quantile(scores, c.coverage)
             return weighted_conformal_quantile(scores, w, c.coverage)
 
-        scores = nonconformity(self._mlp_proba(Xc), yc)
+        scores = self._true_class_scores(Xc, yc)
         near = np.abs(scores - quantile(scores)) < 1e-4  # float32 errors are ~1e-7: far scores keep their order
         scores[near] = nonconformity(self._mlp_proba(Xc[near], np.float64), yc[near])
         self.qhat = quantile(scores)
@@ -644,6 +645,22 @@ class OnlineHead:
         z /= z.sum(axis=1, keepdims=True)
         return z
 
+    def _true_class_scores(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """1 - p(true class) per row from a float32 forward pass (recalibration's first pass). Matrix products go
+        in blocks of _BLOCK rows as in _mlp_proba; bias, activation and softmax run once on all rows, in place."""
+        W, b = self.mlp.coefs_, self.mlp.intercepts_
+        z = np.asarray(X, dtype=np.float32)
+        for i in range(len(W)):
+            out = np.empty((len(z), W[i].shape[1]), dtype=np.float32)
+            for s in range(0, len(z), _BLOCK):
+                np.matmul(z[s:s + _BLOCK], W[i], out=out[s:s + _BLOCK])
+            out += b[i]
+            z = activate(out, self.config.activation) if i < len(W) - 1 else out
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        p = z[np.arange(len(y)), y] / z.sum(axis=1)
+        return 1.0 - p.astype(np.float64)
+
     def _after_update(self, force_recalibrate: bool = False) -> None:
         self.version += 1
         self.counters.updates += 1
@@ -804,15 +821,17 @@ def _library_versions() -> dict:
 
 
 def _step(mlp, X: np.ndarray, y: np.ndarray, w: np.ndarray | None, classes: np.ndarray) -> None:
-    """One partial_fit call = one Adam step on all rows (sklearn's "auto" batch splits more than 200 rows)."""
-    if len(X) <= 200:
-        mlp.partial_fit(X, y, sample_weight=w, classes=classes)
-        return
-    mlp.batch_size = len(X)
+    """One Adam step on all rows: partial_fit's step without its input checks when mlp_step allows it (same
+    result, bit for bit), else partial_fit (whose "auto" batch would split more than 200 rows: one batch here)."""
+    big = len(X) > 200
+    if big:
+        mlp.batch_size = len(X)
     try:
-        mlp.partial_fit(X, y, sample_weight=w, classes=classes)
+        if not mlp_step.step(mlp, X, y, w):
+            mlp.partial_fit(X, y, sample_weight=w, classes=classes)
     finally:
-        mlp.batch_size = "auto"
+        if big:
+            mlp.batch_size = "auto"
 
 
 def _top_k(P: np.ndarray, k: int) -> np.ndarray:

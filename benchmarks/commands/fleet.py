@@ -9,6 +9,8 @@ import logging
 from pathlib import Path
 
 from .. import common
+from .. import report as rpt
+from ..machine import describe, load_average
 
 HELP = "fleet load: N devices x samples/s -> convergence, update latency, CPU, broker messages"
 log = logging.getLogger(__name__)
@@ -28,10 +30,11 @@ def run(args) -> int:
 
     if args.seconds <= 0 or args.rate <= 0:
         raise ValueError("--seconds and --rate must be positive")
+    machine = describe(peak=False)
     out = measure_fleet(args.devices, args.seconds, args.rate, min_interval_ms=args.min_interval_ms,
                         workdir=args.workdir, progress=lambda s: log.info("%s", s))
+    machine["load_average_end"] = load_average()
     print(json.dumps(out, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        rpt.write_json(args.json, rpt.make_plain_report("fleet", machine, common.args_config(args), out))
     return 0 if out["converged"] else 1

@@ -16,7 +16,7 @@ from infantino.runtime.face import FaceOptions, create_detector
 
 from .. import common
 from .. import report as rpt
-from ..machine import describe
+from ..machine import describe, load_average
 from ..realfaces import measure
 from .pipeline import parse_backends
 
@@ -61,6 +61,7 @@ def run(args) -> int:
     machine = describe(threads=threads, peak=False)
     rows = measure(bundle, specs, head=head, detector=args.detector, n_per_face=args.scenes_per_face,
                    seed=args.seed, threads=threads, scenes=args.scenes_per_face > 0, progress=True)
+    machine["load_average_end"] = load_average()
     flat = [r.flat() for r in rows]
     config = {"bundle": str(args.bundle), "head": str(args.head) if args.head else "bundle",
               "head_version": (head or bundle.head).version, "backends": args.backends, "detector": args.detector,

@@ -7,6 +7,10 @@ import json
 import logging
 from pathlib import Path
 
+from .. import common
+from .. import report as rpt
+from ..machine import describe, load_average
+
 HELP = "camera-loop fps with the device web page open vs closed (headless Chromium)"
 log = logging.getLogger(__name__)
 
@@ -31,11 +35,13 @@ def run(args) -> int:
 
     if args.seconds <= 0 or args.rounds < 1:
         raise ValueError("--seconds must be positive and --rounds at least 1")
+    machine = describe(threads=args.threads, peak=False)
     out = measure_web(args.bundle, args.public_key, seconds=args.seconds, rounds=args.rounds, backend=args.backend,
                       threads=args.threads, detector=args.detector, live_max_fps=args.live_max_fps,
                       pin=not args.no_pin, workdir=args.workdir, progress=lambda s: log.info("%s", s))
+    machine["load_average_end"] = load_average()
     print(json.dumps(out, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        rows = [{"key": f"round {r['round']} {r['phase']}", **r} for r in out["rows"]]  # keyed for `compare`
+        rpt.write_json(args.json, rpt.make_plain_report("web", machine, common.args_config(args), {**out, "rows": rows}))
     return 0
