@@ -8,7 +8,8 @@ import logging
 from pathlib import Path
 
 from .. import common
-from ..machine import describe
+from .. import report as rpt
+from ..machine import describe, load_average
 
 HELP = "staged rollout: good vs poisoned label streams -> commit / rollback times and gate figures"
 log = logging.getLogger(__name__)
@@ -27,12 +28,12 @@ def run(args) -> int:
 
     if args.canary >= args.devices:
         raise ValueError("--canary must be smaller than --devices (the rest of the fleet is what it protects)")
+    machine = describe(peak=False)
     out = measure_rollout(args.devices, args.canary, args.rounds, workdir=args.workdir,
                           progress=lambda s: log.info("%s", s))
-    out["machine"] = describe(peak=False)
+    machine["load_average_end"] = load_average()
     print(json.dumps(out, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        rpt.write_json(args.json, rpt.make_plain_report("rollout", machine, common.args_config(args), out))
     ok = out["good_committed"] == args.rounds and out["poison_rolled_back"] == args.rounds
     return 0 if ok else 1

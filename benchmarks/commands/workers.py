@@ -8,7 +8,8 @@ import logging
 from pathlib import Path
 
 from .. import common
-from ..machine import describe
+from .. import report as rpt
+from ..machine import describe, load_average
 
 HELP = "service workers: 1, 2, 4... workers over F fleets x M devices -> learned/s, update latency, CPU"
 log = logging.getLogger(__name__)
@@ -33,11 +34,11 @@ def run(args) -> int:
         raise ValueError(f"--workers must be comma-separated counts, got {args.workers!r}") from None
     if not counts or min(counts) < 1 or args.seconds <= 0 or args.rate <= 0:
         raise ValueError("--workers counts, --seconds and --rate must be positive")
+    machine = describe(peak=False)
     out = measure_workers(args.fleets, args.devices, counts, args.seconds, args.rate, workdir=args.workdir,
                           progress=lambda s: log.info("%s", s))
-    out["machine"] = describe(peak=False)
+    machine["load_average_end"] = load_average()
     print(json.dumps(out, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        rpt.write_json(args.json, rpt.make_plain_report("workers", machine, common.args_config(args), out))
     return 0 if all(r["drained"] for r in out["rows"]) else 1
