@@ -268,12 +268,34 @@ def test_online_bad_arguments(capsys):
     assert "--feature-map" in capsys.readouterr().err
 
 
+def test_rollout_and_workers_bad_arguments(capsys):
+    assert _bench("rollout", "--devices", "3", "--canary", "3") == 2
+    assert "--canary must be smaller than --devices" in capsys.readouterr().err
+    assert _bench("workers", "--workers", "1,two") == 2
+    assert "--workers must be comma-separated counts" in capsys.readouterr().err
+    assert _bench("workers", "--workers", "0") == 2
+
+
+@pytest.mark.mqtt
+def test_workers_measures_a_small_pool(tmp_path):
+    """Two real worker processes over two fleets: balanced ownership, every sample learned, one weight per version."""
+    out_json = tmp_path / "w.json"
+    assert _bench("workers", "--fleets", "2", "--devices", "2", "--workers", "2", "--seconds", "2", "--rate", "40",
+                  "--workdir", str(tmp_path / "work"), "--json", str(out_json)) == 0
+    doc = json.loads(out_json.read_text())
+    row = doc["rows"][0]
+    assert doc["kind"] == "workers" and doc["machine"]["logical_cores"] >= 1
+    assert row["balanced"] and row["fleets_per_worker"] == [1, 1] and row["drained"]
+    assert row["samples_learned"] == row["samples_sent"] > 0 and row["versions_with_two_weights"] == 0
+    assert row["update_latency_ms"]["n"] > 0
+
+
 def test_help_lists_subcommands(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for sub in ("models", "pipeline", "online", "detect"):
+    for sub in ("models", "pipeline", "online", "detect", "rollout", "workers", "compare"):
         assert sub in out
 
 
