@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -59,6 +60,15 @@ def wait_port(host: str, port: int, timeout: float) -> bool:
         except OSError:
             time.sleep(0.02)
     return False
+
+
+def set_config_values(text: str, values: dict[str, object]) -> str:
+    """Replace the value of each `key value` line of a Mosquitto config; each key must occur exactly once."""
+    for key, value in values.items():
+        text, n = re.subn(rf"^{re.escape(key)} .*$", f"{key} {value}", text, flags=re.M)
+        if n != 1:
+            raise ValueError(f"the config must set {key} exactly once (found {n})")
+    return text
 
 
 class MosquittoBroker:

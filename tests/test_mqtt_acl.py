@@ -3,9 +3,6 @@ writes only its own topics and reads only its fleet's head; only the trainer pub
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-import re
 import shutil
 import subprocess
 import time
@@ -15,7 +12,8 @@ import pytest
 
 from ci_skip import missing
 
-from infantino.benchmarks.broker import MosquittoBroker, find_mosquitto, free_port
+from infantino.benchmarks.broker import MosquittoBroker, find_mosquitto, free_port, set_config_values
+from infantino.benchmarks.pki import make_pki
 from infantino.runtime.mqtt import BrokerConfig, MqttLink
 from infantino.runtime.contract.topics import Topics
 
@@ -23,47 +21,6 @@ pytestmark = pytest.mark.mqtt
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mosquitto"
 T = Topics()
 NOT_AUTHORIZED = 0x87
-
-
-def make_pki(d: Path) -> dict[str, Path]:
-    """A CA and a server certificate for 127.0.0.1/localhost, made with `cryptography`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    d.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def write_key(key, path):
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "infantino test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    srv_key = ec.generate_private_key(ec.SECP256R1())
-    srv = (x509.CertificateBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])).issuer_name(ca_name)
-           .public_key(srv_key.public_key()).serial_number(x509.random_serial_number())
-           .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-           .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                       x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                          critical=False)
-           .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-           .sign(ca_key, hashes.SHA256()))
-    paths = {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(srv.public_bytes(serialization.Encoding.PEM))
-    write_key(srv_key, paths["key"])
-    return paths
 
 
 USERS = {"infantino-trainer": "trainer-pw", "cam-01": "cam01-pw", "cam-02": "cam02-pw"}
@@ -89,9 +46,7 @@ def secure_broker(tmp_path):
     text = (EXAMPLE / "mosquitto.conf").read_text()
     repl = {"password_file": pw, "acl_file": acl, "cafile": pki["ca"], "certfile": pki["cert"],
             "keyfile": pki["key"], "persistence_location": f"{etc}/", "listener": f"{port} 127.0.0.1"}
-    for key, value in repl.items():
-        text, n = re.subn(rf"^{key} .*$", f"{key} {value}", text, flags=re.M)
-        assert n == 1, f"the example config must set {key} exactly once"
+    text = set_config_values(text, repl)
     broker = MosquittoBroker(tmp_path / "run", port=port, config_text=text).start()
     yield broker, pki
     broker.kill()
