@@ -3,7 +3,7 @@
 Each fleet is owned through an exclusive `flock` on `<state_dir>/<fleet>/owner.lock`, held while the worker
 serves it and released by the kernel the moment the worker dies (no lease to expire, no clock to trust). Each
 live worker also holds a lock on `<state_dir>/_workers/<id>.lock` (created already locked, by rename), so every
-worker can count the live ones and take `ceil(fleets / workers)` fleets, preferring by rendezvous hash (workers
+worker can count the live ones and take an even share of the fleets, preferring by rendezvous hash (workers
 prefer different fleets, and a fleet keeps its owner when others come and go). On NFS, use v4 (its locks are
 leases the server revokes when a client dies) and see docs/scaling.md.
 """
@@ -14,7 +14,6 @@ import errno
 import fcntl
 import hashlib
 import logging
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -97,8 +96,12 @@ class Ownership:
         return sorted(alive)
 
     def share(self, n_fleets: int) -> int:
-        """How many fleets this worker should serve: an even split over the live workers."""
-        return math.ceil(n_fleets / max(1, len(self.live_workers())))
+        """How many fleets this worker should serve: an even split over the live workers (10 fleets over 4
+        workers: 3, 3, 2, 2, the larger shares to the first ids in sorted order; 0 for a worker beyond the fleets,
+        which then stands by)."""
+        live = self.live_workers()
+        rank = live.index(self.worker_id)
+        return n_fleets // len(live) + (1 if rank < n_fleets % len(live) else 0)
 
     def preference(self, fleet: str) -> int:
         """Rendezvous score: each worker ranks the fleets differently, the same way every time."""

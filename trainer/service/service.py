@@ -95,10 +95,11 @@ class UpdateService:
 
     @property
     def ready(self) -> bool:
-        """Every fleet this worker should serve is connected and synced with the broker's retained heads."""
+        """Every fleet this worker serves is connected and synced with the broker's retained heads (a worker with
+        no fleet, standing by, is ready too)."""
         with self._units_lock:
             units = list(self.units.values())
-        return self._started and bool(units) and all(u.ready for u in units)
+        return self._started and all(u.ready for u in units)
 
     def unit(self, fleet: str) -> FleetUnit | None:
         with self._units_lock:
