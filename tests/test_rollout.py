@@ -275,3 +275,25 @@ def test_a_restarted_service_resumes_the_canary_phase(tmp_path, mosquitto, sim_h
     finally:
         fleet.stop()
         svc.stop()
+
+
+@pytest.mark.mqtt
+def test_no_canary_evidence_rolls_back_but_keeps_learning(tmp_path, mosquitto, sim_head):
+    """Canary devices that never report (offline): the version is rolled back at the timeout, but nothing learned
+    is quarantined: the next candidate carries the same samples again."""
+    fleet, svc = start_fleet(tmp_path, mosquitto, sim_head,
+                             rollout={"collect_s": 0.3, "gate": {"timeout_s": 2.0, "min_faces": 100000}})
+    unit = svc.unit("nursery")
+    try:
+        fleet.send(30)
+        assert wait_for(lambda: decisions(svc, "rollback"), 30)
+        first = decisions(svc, "rollback")[0]
+        assert "too little evidence" in first.reasons[0]
+        assert not (unit.w.state.dir / "quarantine").exists()
+        assert unit.w.state.learned == 30 and unit.rollout.since_commit  # kept
+        assert wait_for(lambda: unit.rollout.phase == "canary" and unit.rollout.candidate_version > first.version)
+        assert all(d.pipeline.head.version == unit.w.state.published.version for d in fleet.daemons
+                   if d.config.device_id not in fleet.canary_ids)
+    finally:
+        fleet.stop()
+        svc.stop()

@@ -41,6 +41,7 @@ class GateVerdict:
     decision: str
     reasons: list[str] = field(default_factory=list)
     figures: dict = field(default_factory=dict)
+    evidence: bool = True  # False: failed for want of canary reports, not because of what they showed
 
 
 def judge(gate: GateConfig, version: int, reports: dict[str, dict], elapsed_s: float) -> GateVerdict:
@@ -92,9 +93,9 @@ def judge(gate: GateConfig, version: int, reports: dict[str, dict], elapsed_s: f
         return GateVerdict("fail", problems, figures)
     if len(evidence) < gate.min_devices:
         if elapsed_s >= gate.timeout_s:
-            return GateVerdict("fail", [f"too little evidence after {elapsed_s:.0f} s: {len(evidence)} of "
-                                        f"{gate.min_devices} canary device(s) saw {gate.min_faces}+ faces with "
-                                        f"v{version}"], figures)
+            why = (f"too little evidence after {elapsed_s:.0f} s: {len(evidence)} of {gate.min_devices} canary "
+                   f"device(s) saw {gate.min_faces}+ faces with v{version}")
+            return GateVerdict("fail", [why], figures, evidence=False)
         return GateVerdict("wait", ["waiting for canary reports"], figures)
     if elapsed_s < gate.window_s:
         return GateVerdict("wait", [f"observing ({elapsed_s:.0f}/{gate.window_s:g} s)"], figures)
@@ -184,11 +185,18 @@ class Rollout:
         self.candidate_mark = 0
         return self._decided("commit", by, verdict)
 
-    def rolled_back(self, by: str, verdict: GateVerdict) -> tuple[OnlineHead, Path | None]:
+    def rolled_back(self, by: str, verdict: GateVerdict) -> tuple[OnlineHead | None, Path | None]:
         """The candidate failed: (the online head to continue from, the quarantine file of what was learned since
-        the commit). The failed version stays in `failed` (devices' anti-rollback check keeps it out)."""
+        the commit). The failed version stays in `failed` (devices' anti-rollback check keeps it out). Without
+        evidence (no canary reported in time) nothing learned is judged bad: (None, None), learning is kept and
+        the next candidate carries it again."""
         version = self.candidate_version
         path = None
+        if not verdict.evidence:
+            self.state.rollout["failed"] = (self.state.rollout["failed"] + [version])[-100:]
+            self.candidate_online = None
+            self._decided("rollback", by, verdict)
+            return None, None
         if self.since_commit:
             path = self.dir / "quarantine" / f"v{version}.jsonl"
             path.parent.mkdir(exist_ok=True)

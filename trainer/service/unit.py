@@ -449,8 +449,11 @@ class FleetUnit:
         online, _ = ro.rolled_back(by, verdict)
         self._send(ring, restore, None, w.encode_full(restore),
                    note=f"restores v{w.state.published.version}'s weights (v{failed} rolled back by {by})")
-        w.state.online = online
-        self._take_dirty()  # what they held is quarantined, not learned
+        if online is not None:
+            w.state.online = online
+            self._take_dirty()  # what they held is quarantined, not learned
+        else:  # no evidence either way: keep what was learned, offer it again in the next candidate
+            w.dirty_samples = [s["sample_id"] for s in ro.since_commit] or ["(retry)"]
         rec = ro.state.rollout["decisions"][-1]
         self._decision(rec)
         return rec
