@@ -231,6 +231,57 @@ def test_fuzz_commands(text):
         _count("command", "rejected")
 
 
+PLAN = {"fleet": "nursery", "ring": "canary", "devices": ["cam-1"], "percent": 5.0, "candidate_version": 7}
+
+
+@FUZZ
+@given(text=_json_mutations(PLAN))
+def test_fuzz_rollout_plans(text):
+    """The retained rollout plan a device reads: refused or a membership answer, never a crash."""
+    from infantino.runtime.contract.rollout import RolloutPlan
+
+    try:
+        plan = RolloutPlan.model_validate_json(text)
+        assert plan.ring_of("cam-1") in (None, plan.ring) and plan.ring_of("cam-2") in (None, plan.ring)
+        _count("rollout plan", "accepted")
+    except ValueError:
+        _count("rollout plan", "rejected")
+
+
+HEALTH = {"version": 7, "baseline_version": 6, "since": 1.0, "faces": 80, "entropy": 0.5, "baseline_entropy": 0.4,
+          "set_size": 1.2, "baseline_set_size": 1.1, "label_changed": 0.1, "fps": 20.0, "baseline_fps": 21.0}
+
+
+@FUZZ
+@given(health=_json_mutations(HEALTH), top=_json_mutations({"device_id": "cam-1", "state": "online", "fleet": "nursery",
+                                                             "last_update": {"version": 7, "status": "applied"}}))
+def test_fuzz_canary_statuses_through_the_gate(health, top):
+    """A canary device's status as the update service reads it, then the gate: a verdict or a refusal, and a NaN
+    or a negative figure never gets through (it would slip past the gate's comparisons)."""
+    from infantino.runtime.contract.messages import StatusMessage
+    from infantino.trainer.service import GateConfig, judge
+
+    try:
+        doc = json.loads(top)
+        if isinstance(doc, dict):
+            doc["health"] = json.loads(health)
+            top = json.dumps(doc)
+    except ValueError:
+        pass
+    try:
+        st = StatusMessage.model_validate_json(top)
+    except ValueError:
+        _count("canary status", "rejected")
+        return
+    h = st.health.model_dump() if st.health is not None else None
+    assert h is None or all(v is None or (np.isfinite(v) and v >= 0) for k, v in h.items()
+                            if k not in ("version", "baseline_version", "since"))
+    lu = st.last_update or {}
+    report = {"health": h, "last_update": {"version": lu.get("version"), "status": lu.get("status")}}
+    assert judge(GateConfig(min_faces=1), 7, {"cam-1": report}, 30.0).decision in ("pass", "fail", "wait")
+    _count("canary status", "accepted")
+
+
 @pytest.fixture(scope="module")
 def manifest_json(compiled_bundle) -> dict:
     return json.loads((Path(compiled_bundle.path) / "manifest.json").read_text())

@@ -74,21 +74,25 @@ class PredictionMessage(_Msg):
 
 class HeadHealth(_Msg):
     """How the running head behaves on live frames, next to the head it replaced run on the same faces (a shadow):
-    what the update service's rollout gate judges a canary version by. Means are per face since the swap."""
+    what the update service's rollout gate judges a canary version by. Means are per face since the swap; every
+    figure finite and non-negative (a NaN would slip through the gate's comparisons)."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     version: int
     baseline_version: Optional[int] = None
     since: float = Field(description="when this head was swapped in (epoch s)")
-    faces: int = 0
-    entropy: Optional[float] = None
-    baseline_entropy: Optional[float] = None
-    set_size: Optional[float] = None
-    baseline_set_size: Optional[float] = None
-    label_changed: Optional[float] = Field(None, description="share of faces whose top-1 differs from the baseline's")
-    fps: Optional[float] = None
-    baseline_fps: Optional[float] = None
-    latency_ms: Optional[float] = None
-    baseline_latency_ms: Optional[float] = None
+    faces: int = Field(0, ge=0)
+    entropy: Optional[float] = Field(None, ge=0)
+    baseline_entropy: Optional[float] = Field(None, ge=0)
+    set_size: Optional[float] = Field(None, ge=0)
+    baseline_set_size: Optional[float] = Field(None, ge=0)
+    label_changed: Optional[float] = Field(None, ge=0, le=1, description="share of faces whose top-1 differs from "
+                                           "the baseline's")
+    fps: Optional[float] = Field(None, ge=0)
+    baseline_fps: Optional[float] = Field(None, ge=0)
+    latency_ms: Optional[float] = Field(None, ge=0)
+    baseline_latency_ms: Optional[float] = Field(None, ge=0)
 
 
 class StatusMessage(_Msg):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 from infantino.runtime.configfile import short_error
 from infantino.runtime.contract.errors import InfantinoError
 from infantino.runtime.contract.head import Head
-from infantino.runtime.contract.messages import SampleMessage
+from infantino.runtime.contract.messages import SampleMessage, StatusMessage
 from infantino.runtime.contract.topics import Topics
 from infantino.runtime.mqtt import Message, MqttLink
 
@@ -121,7 +121,8 @@ class FleetUnit:
             self.inbox.put(("retained", msg))
 
     def _on_status(self, msg: Message) -> None:
-        """A canary device's retained status: its head's health is what the gate judges."""
+        """A canary device's retained status: its head's health is what the gate judges (validated: a malformed
+        status is ignored, it can neither stall nor steer the gate)."""
         try:
             device = self.topics.device_from_topic(msg.topic)
             if not self.rollout.is_canary(device) or len(msg.payload) > 64 << 10:
@@ -129,11 +130,16 @@ class FleetUnit:
             fc = self.w.cfg
             if fc.devices is not None and device not in fc.devices:
                 return
-            status = json.loads(msg.payload)
-        except ValueError:
+            status = StatusMessage.model_validate_json(msg.payload)
+        except ValueError as e:
+            log.debug("fleet %s: status on %s ignored: %s", self.name, msg.topic, short_error(e))
             return
-        if isinstance(status, dict) and (status.get("fleet") in (None, self.name)):
-            self.inbox.put(("status", (device, status)))
+        if status.device_id == device and status.fleet in (None, self.name):
+            lu = status.last_update or {}
+            self.inbox.put(("status", (device, {
+                "health": status.health.model_dump() if status.health is not None else None,
+                "last_update": {"version": lu.get("version"), "status": lu.get("status"), "reason": lu.get("reason")},
+                "head_version": status.head_version, "state": status.state, "timestamp": status.timestamp})))
 
     def _on_command(self, msg: Message) -> None:
         self.link.ack(msg)
@@ -180,9 +186,8 @@ class FleetUnit:
             self.sync_deadline = time.monotonic() + RETAINED_SYNC_S
             self.plan_sent = False
         elif kind == "status":
-            device, status = msg
-            self.rollout.reports[device] = {k: status.get(k) for k in ("health", "last_update", "head_version",
-                                                                       "state", "timestamp")}
+            device, report = msg
+            self.rollout.reports[device] = report
         elif kind == "operator":
             action, version, done, out = msg
             try:
