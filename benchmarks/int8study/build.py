@@ -1,11 +1,11 @@
 """int8 study (issue 15): build fp32/int8 artifacts of one extractor at one size: ONNX fp32 + ORT int8 variants, TFLite fp32 +
 PT2E int8 + ai-edge-quantizer int8 (float I/O and int8 I/O). Study code, not part of the package; `mini_xception`
 is the demo checkpoint /work/main/demo-out/runs/fit/extractor.pt (docs/benchmarks.md, "int8 on this CPU")."""
-import sys, os, shutil, logging, json
+import os, shutil, logging, json
 from pathlib import Path
 import numpy as np, torch
 from infantino.trainer.extractor import ExtractorConfig, build_extractor, load_extractor
-from infantino.runtime.contract.preprocess import preprocess, PreprocessSpec
+from infantino.runtime.contract.preprocess import preprocess
 from infantino.trainer.synth import synth_arrays
 from infantino.trainer.realface_guard import real_face_split
 from infantino.compiler.formats import ExportContext, create_exporter

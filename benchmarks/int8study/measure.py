@@ -1,6 +1,6 @@
 """int8 study (issue 15): ORT int8 variants + TFLite variants of one built folder: batch-1 interleaved timing (threads 1 and 2,
 R rounds) and head top-1 agreement with ORT fp32 on real (104 held-out) and synthetic (350) faces."""
-import sys, os, time, json, gc
+import os, time, json, gc
 from pathlib import Path
 import numpy as np, onnxruntime as ort
 from onnxruntime.quantization import quantize_static, QuantFormat, QuantType, CalibrationDataReader

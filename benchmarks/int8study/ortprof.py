@@ -1,5 +1,5 @@
 """int8 study (issue 15): onnxruntime per-operator profile (enable_profiling) of fp32 vs int8 ONNX, summarised by op type."""
-import sys, json, os, glob, collections
+import json, os, collections
 import numpy as np, onnxruntime as ort
 import argparse
 ap = argparse.ArgumentParser(description=__doc__)

@@ -1,5 +1,5 @@
 """int8 study (issue 15): ORT QDQ u8s8 variants (float tail, calibration method) - quality only vs ORT fp32."""
-import sys, os, json, numpy as np, onnx, onnxruntime as ort
+import json, numpy as np, onnx, onnxruntime as ort
 from onnxruntime.quantization import quantize_static, QuantFormat, QuantType, CalibrationDataReader, CalibrationMethod
 from infantino.runtime.contract.preprocess import preprocess, PreprocessSpec
 from infantino.runtime.contract.head import Head

@@ -1,10 +1,10 @@
 """int8 study (issue 15): PT2E quantization-aware fine-tuning (distillation from the fp32 extractor + head), then litert-torch
 int8 TFLite."""
-import sys, json, time, logging
+import time, logging
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
-from infantino.trainer.extractor import ExtractorConfig, build_extractor, load_extractor
-from infantino.runtime.contract.preprocess import preprocess, PreprocessSpec
+from infantino.trainer.extractor import load_extractor
+from infantino.runtime.contract.preprocess import preprocess
 from infantino.runtime.contract.head import Head
 from infantino.trainer.synth import synth_arrays
 from infantino.trainer.realface_guard import real_face_split
