@@ -462,3 +462,22 @@ def test_serve_check_loads_everything_and_writes_nothing(tmp_path, service_head_
     assert r.returncode == 0, r.stderr[-2000:]
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "svc").rglob("*") if p.is_file()}
     assert after == snapshot
+
+
+def test_any_device_fleet_ignores_other_fleets_samples(tmp_path, mosquitto, service_head_dir, keypair):
+    """Two fleets: `open` accepts any device (its session sees every device's samples), `nursery` lists its
+    devices. A nursery sample is learned by nursery only and is neither learned nor counted invalid by `open`."""
+    data = service_dict(tmp_path, mosquitto, service_head_dir, keypair)
+    data["fleets"].append({**data["fleets"][0], "name": "open", "devices": None, "allow_any_device": True})
+    svc = UpdateService(validate_config(TrainerServiceConfig, data)).start()
+    pub = sample_publisher(mosquitto)
+    try:
+        assert wait_for(lambda: svc.ready)
+        pub.publish(T.samples("cam-1"), service_sample(0).model_dump_json(), qos=1)
+        pub.publish(T.samples("cam-1"), service_sample(1, fleet="open").model_dump_json(), qos=1)
+        assert wait_for(lambda: svc.fleets["nursery"].state.learned == 1 and svc.fleets["open"].state.learned == 1)
+        time.sleep(0.5)
+        assert svc.unit("open").counters["invalid"] == 0 and svc.unit("nursery").counters["invalid"] == 1
+    finally:
+        pub.stop()
+        svc.stop()

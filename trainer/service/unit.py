@@ -64,7 +64,8 @@ class FleetUnit:
         self.link = MqttLink(cfg.broker, client_id=cfg.client_id(self.name), clean_start=False, manual_ack=True)
         fc = worker.cfg
         on_sample = lambda m: self.inbox.put(("sample", m))  # noqa: E731
-        if fc.devices is not None and not fc.allow_any_device:
+        self.wildcard = fc.devices is None or fc.allow_any_device  # then every fleet's samples arrive here
+        if not self.wildcard:
             for dev in fc.devices:
                 self.link.subscribe(self.topics.samples(dev), on_sample, qos=1)
         else:
@@ -223,7 +224,7 @@ class FleetUnit:
             if sample.device_id != device:
                 raise ValueError(f"device_id {sample.device_id!r} does not match the topic's device {device!r}")
             if sample.fleet != self.name:
-                if w.cfg.allow_any_device and w.cfg.devices is None:  # a wildcard session sees every fleet's samples
+                if self.wildcard:  # a wildcard session sees every fleet's samples: not ours, not an error
                     self.link.ack(msg)
                     return
                 raise ValueError(f"sample names fleet {sample.fleet!r}, device {device} is listed for {self.name}")
@@ -438,6 +439,8 @@ class FleetUnit:
     def _commit(self, by: str, verdict: GateVerdict) -> dict:
         ro, w = self.rollout, self.w
         cand = w.state.ring_head(ro.cfg.ring)
+        if cand.version <= w.state.published.version:  # the main ring was re-sent a newer number meanwhile
+            cand = cand.replace(version=w.state.floor + 1)
         delta, full, result = w.encode_for(MAIN, cand)
         if result.sha256 != cand.sha256:  # a delta cannot reproduce the canary's exact weights: send them whole
             delta, full, result = None, w.encode_full(cand), cand
