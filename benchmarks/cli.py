@@ -1,5 +1,5 @@
-"""`infantino-bench`: measure the extractor per backend (models), the frame path (pipeline), online learning (online),
-face detectors on composited real faces (detect).
+"""`infantino-bench`: measure the extractor per backend (models), the frame path (pipeline), whole frames against the
+`fer` package (frames), online learning (online), face detectors on composited real faces (detect).
 
 Every comparison is taken in one interleaved run so that load from other processes hits all rows alike;
 results carry the machine description (--json/--csv) so hosts can be compared. See docs/benchmarks.md.
@@ -18,7 +18,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from infantino.runtime.cliutil import run_subcommands  # noqa: E402
 
-SUBCOMMANDS = ["models", "pipeline", "online", "realfaces", "detect", "attacks", "fleet", "web"]
+SUBCOMMANDS = ["models", "pipeline", "frames", "online", "realfaces", "detect", "attacks", "fleet", "web"]
 
 
 def main(argv=None) -> int:
