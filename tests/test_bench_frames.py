@@ -286,3 +286,39 @@ def test_real_fer_peer_haar_and_mtcnn(tmp_path, realfaces_weights):
             assert probs.sum() == pytest.approx(1.0, abs=0.05)  # fer rounds each to 2 decimals
             ours = teacher.predict_proba(_fer_crop(s.frame, f["faces"][m]["box"]))[0]
             np.testing.assert_allclose(probs, ours, atol=0.011)  # same TFLite, same crop
+
+
+def test_repeats_gives_median_and_range_of_runs(frames_run, tmp_path):
+    """Three runs (the real report, its fps scaled by known factors) -> median and range per row; goals judged."""
+    import copy
+
+    from infantino.benchmarks import repeats
+
+    _, rep = frames_run
+    runs = []
+    for f in (1.0, 2.0, 0.5):
+        r = copy.deepcopy(rep)
+        for row in r["rows"]:
+            if row["status"] == "ok":
+                row["fps"] *= f
+        r["goals"] = [dict(g, ratio=12.0 * f, met=12.0 * f >= g["target"], best="x") for g in r["goals"]]
+        runs.append(r)
+    s = repeats.combine(runs)
+    row = next(r for r in s["rows"] if r["set"] == "scenes" and r["key"] == "onnxruntime:fp32 + haar")
+    fps = next(r for r in rep["rows"] if r["set"] == "scenes" and r["key"] == "onnxruntime:fp32 + haar")["fps"]
+    assert row["fps"] == {"median": pytest.approx(fps), "min": pytest.approx(fps / 2), "max": pytest.approx(2 * fps),
+                          "n": 3}
+    assert row["recall"]["min"] == row["recall"]["max"]  # the frames do not change between runs
+    failed = next(r for r in s["rows"] if r["key"] == "tensorrt:auto + haar")
+    assert failed["runs_ok"] == 0 and failed["fps"] is None and failed["reasons"]
+    by_target = {g["target"]: g for g in s["goals"] if g["set"] == "scenes"}
+    assert by_target[10.0]["met"] and by_target[10.0]["met_runs"] == 2  # median 12x >= 10x (one run 6x)
+    assert not by_target[30.0]["met"] and by_target[30.0]["ratio"]["max"] == 24.0
+    md = repeats.markdown(s)
+    assert f"{fps:.1f} ({fps / 2:.1f}–{2 * fps:.1f})" in md and "**met**" in md and "**missed**" in md
+    files = [tmp_path / f"r{i}.json" for i in range(3)]
+    for f, r in zip(files, runs):
+        f.write_text(json.dumps(r))
+    assert repeats.main([*map(str, files), "--json", str(tmp_path / "s.json"), "--markdown", str(tmp_path / "s.md")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["kind"] == "frames-summary"
+    assert repeats.main([str(tmp_path / "s.json")]) == 2  # a summary is not a run
