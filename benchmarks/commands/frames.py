@@ -142,7 +142,12 @@ def build_rows(args, bundle, specs, detectors, peers, npz: Path, groups: list[st
                               detector=d, failure=f"{type(e).__name__}: {e}") for d in detectors]
             continue
         for d in detectors:
-            rows.append(our_row(bundle, be, f"{be.name}:{be.artifact.precision} + {d}", d, groups))
+            key = f"{be.name}:{be.artifact.precision} + {d}"
+            try:
+                rows.append(our_row(bundle, be, key, d, groups))
+            except Exception as e:  # detector models missing: keep the row with the reason
+                rows.append(FrameRow(key=key, kind="ours", backend=be.name, precision=be.artifact.precision,
+                                     detector=d, failure=f"{type(e).__name__}: {e}"))
     python = peer_python(args.peer_python)
     for d in peers:
         rows.append(peer_row(python, npz, d, args.warmup))
