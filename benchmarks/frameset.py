@@ -4,7 +4,8 @@ Two sets, made once and saved as one .npz that our process and the peer's read a
 - "scenes": independent frames (benchmarks.scenes.composite_scenes) of the real-face guard's held-out faces:
   astronaut and grace_hopper at every rotation (0, +-30, 90, 180, 270) and face size, LFW faces 0-49 upright at
   cycling sizes, plus face-free frames;
-- "camera": benchmarks.scenes.camera_scenes of the two photo faces (drifting, turning, leaving, coming back),
+- "camera": two benchmarks.scenes.camera_scenes clips of the two photo faces (drifting, turning, leaving, coming
+  back), the first half starting upright, the second turned 90/180/270 degrees, each on its own background and
   written as MJPG .avi and decoded again, so the frames carry a camera's compression.
 Every face frame carries its box and the teacher's label: the fer TFLite on that face's held-out crop
 (benchmarks.realfaces.heldout_scene_sources), i.e. "label kept" of the real-face work.
@@ -24,6 +25,8 @@ from . import scenes as sc
 log = logging.getLogger(__name__)
 
 GROUPS = ("scenes", "camera")
+CAMERA_UPRIGHT = (0,)  # the camera set's first half: faces start upright (then turn up to 1 degree a frame)
+CAMERA_TURNED = (90, 180, 270)  # its second half: an infant lying sideways or upside down
 
 
 @dataclass(frozen=True)
@@ -122,9 +125,12 @@ def build_frameset(photo_scenes: int = 12, lfw_faces: int = 50, face_free: int =
     if scenes_:
         parts.append(("scenes", scenes_, labels))
     if camera_frames:
-        clip = sc.camera_scenes([s for s, _, _ in photos], n_frames=camera_frames, seed=seed + 3)
-        decoded = _through_mjpg([s.frame for s in clip])
-        clip = [replace(s, frame=f) for s, f in zip(clip, decoded)]
+        clip = []
+        half = (camera_frames + 1) // 2
+        for k, (n, rots) in enumerate(((half, CAMERA_UPRIGHT), (camera_frames - half, CAMERA_TURNED))):
+            if n:
+                part = sc.camera_scenes([s for s, _, _ in photos], n_frames=n, seed=seed + 3 + k, rotations=rots)
+                clip += [replace(s, frame=f) for s, f in zip(part, _through_mjpg([s.frame for s in part]))]
         parts.append(("camera", clip, [lab for _, lab, _ in photos]))
     fs = FrameSet.from_scenes(parts)
     log.info("frame set: %d scenes, %d camera frames", len(fs.indices("scenes")), len(fs.indices("camera")))
