@@ -98,11 +98,14 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {r['set']} | {r['key']} | " + " | ".join(cells) + " |")
     lines.append("")
     for g in summary["goals"]:
-        ratio = _cell(g["ratio"], ".1f") if g["ratio"] else "no row of ours had equal or better recall and agreement"
-        fastest = _cell(g["fastest_ratio"], ".1f") if g["fastest_ratio"] else "–"
+        if g["ratio"]:
+            what = f"{_cell(g['ratio'], '.1f')}× ({', '.join(g['best'])})"
+        else:
+            what = "no row of ours had equal or better recall and agreement"
+        fastest = _cell(g["fastest_ratio"], ".1f") + "×" if g["fastest_ratio"] else "–"
         lines.append(f"- {g['set']}: ≥ {g['target']:.0f}× {g['peer']} at equal or better recall and agreement — "
-                     f"**{g['status']}**: {ratio}× ({', '.join(g['best']) or 'none'}; met in {g['met_runs']} of "
-                     f"{g['runs']} runs); fastest row of ours regardless of quality {fastest}×")
+                     f"**{g['status']}**: {what}; met in {g['met_runs']} of {g['runs']} runs; fastest row of ours "
+                     f"regardless of quality {fastest}")
     return "\n".join(lines) + "\n"
 
 
