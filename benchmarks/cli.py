@@ -1,6 +1,6 @@
-"""`infantino-bench`: measure the extractor per backend (models), the frame path (pipeline), online learning (online),
-face detectors on composited real faces (detect), ...; `compare A.json B.json` prints the ratio B/A of every metric
-of two runs.
+"""`infantino-bench`: measure the extractor per backend (models), the frame path (pipeline), whole frames against the
+`fer` package (frames), online learning (online), face detectors on composited real faces (detect), ...;
+`compare A.json B.json` prints the ratio B/A of every metric of two runs.
 
 Every comparison is taken in one interleaved run so that load from other processes hits all rows alike;
 every --json result carries the machine description (CPU, cores, Python, library versions, load average) so
@@ -20,8 +20,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from infantino.runtime.cliutil import run_subcommands  # noqa: E402
 
-SUBCOMMANDS = ["models", "pipeline", "online", "realfaces", "detect", "attacks", "fleet", "rollout", "workers", "web",
-               "compare"]
+SUBCOMMANDS = ["models", "pipeline", "frames", "online", "realfaces", "detect", "attacks", "fleet", "rollout", "workers",
+               "web", "compare"]
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,1 @@
+"""Peer programs run under their own venv (.venv-peers), never imported by infantino: see fer_peer.py."""
