@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 COMMITTED_FILE = "rollout-committed.npz"  # the online head the committed version was made from
 CANDIDATE_FILE = "rollout-candidate.npz"  # the online head the candidate was made from
-MAX_QUARANTINE = 100_000                  # samples remembered since the last commit (for the quarantine file)
+MAX_QUARANTINE = 20_000                   # samples remembered since the last commit (~3 KB each with the embedding)
 
 
 @dataclass
@@ -154,6 +154,11 @@ class Rollout:
         """Remember a learned sample until it is committed (a rollback writes it to the quarantine file)."""
         if len(self.since_commit) < MAX_QUARANTINE:
             self.since_commit.append(sample.model_dump(exclude_none=True))
+        elif len(self.since_commit) == MAX_QUARANTINE:
+            self.since_commit.append({"sample_id": "(more)", "note": f"over {MAX_QUARANTINE} samples since the "
+                                      "last commit: later ones are not listed"})
+            log.warning("fleet %s: over %d samples since the last commit; a quarantine file would list the first %d",
+                        self.fleet, MAX_QUARANTINE, MAX_QUARANTINE)
 
     # ---- phases ----------------------------------------------------------------------------------
     def started(self, candidate: Head, online: OnlineHead, realface: Optional[dict] = None) -> None:
