@@ -577,17 +577,18 @@ class DeviceDaemon:
         head = self.pipeline.head
         ota = self.ota
         rec = self.ring.get(None)
+        fps, latency = round(self.stats.fps(), 2), self.stats.latency_ms()
         return StatusMessage(
             device_id=self.config.device_id, state=state, head_version=head.version, head_sha256=head.sha256,
-            bundle_id=self.facts.bundle_id, backend=self.backend_name, fps=round(self.stats.fps(), 2),
-            latency_ms=self.stats.latency_ms(), frames=self.stats.frames, dropped_frames=self.slot.dropped,
+            bundle_id=self.facts.bundle_id, backend=self.backend_name, fps=fps,
+            latency_ms=latency, frames=self.stats.frames, dropped_frames=self.slot.dropped,
             errors=list(self.errors), last_update=ota.last_result.as_dict() if ota and ota.last_result else None,
             rejections=dict(ota.rejections) if ota else {},
             previous_head_version=self.store.previous.version if self.store and self.store.previous else None,
             camera=self.camera_state, uptime_s=round(time.time() - self.started_at, 1),
             samples_sent=self.samples_sent, last_face_frame_id=rec.frame_id if rec is not None else None,
             fleet=self.config.fleet, ring=self.link.ring if self.link is not None else None,
-            health=self.health.report(fps=round(self.stats.fps(), 2), latency_ms=self.stats.latency_ms().get("total")),
+            health=self.health.report(fps=fps, latency_ms=latency.get("total")),
         )
 
     def publish_status(self) -> None:
