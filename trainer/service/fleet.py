@@ -3,7 +3,6 @@ signed full/delta updates per rollout ring, and reconciling with the broker's re
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 from typing import Optional
@@ -86,10 +85,6 @@ class FleetWorker:
         if outcome != "dropped":
             self.dirty_samples.append(sample.sample_id)
         return outcome
-
-    def snapshot_online(self) -> OnlineHead:
-        """A copy of the online head (the state a candidate was made from; rollback returns to it)."""
-        return copy.deepcopy(self.state.online)
 
     # ---- updates ------------------------------------------------------------------------------------
     def candidate(self, base_ring: str = MAIN) -> Head | None:

@@ -122,16 +122,22 @@ class Rollout:
         r.setdefault("phase", "idle")
         r.setdefault("failed", [])
         r.setdefault("decisions", [])
-        self.committed_online = self._load(COMMITTED_FILE)
-        if self.committed_online is None:  # first start with a rollout: the committed head is the current state's
-            self.committed_online = OnlineHead.from_bytes(state.online.to_bytes())
-            atomic_write_bytes(self.dir / COMMITTED_FILE, state.online.to_bytes())
-        self.candidate_online = self._load(CANDIDATE_FILE) if r["phase"] != "idle" else None
+        # the online-head states (state-file bytes) the committed version and the candidate were made from
+        self.committed_state = self._load(COMMITTED_FILE)
+        if self.committed_state is None:  # first start with a rollout: the committed head is the current state's
+            self.committed_state = state.online.to_bytes()
+            atomic_write_bytes(self.dir / COMMITTED_FILE, self.committed_state)
+        self.candidate_state = self._load(CANDIDATE_FILE) if r["phase"] != "idle" else None
         self.members = RolloutPlan(fleet=fleet, ring=cfg.ring, devices=list(cfg.devices), percent=cfg.percent)
 
-    def _load(self, name: str) -> OnlineHead | None:
+    def _load(self, name: str) -> bytes | None:
+        """A saved state file's bytes, checked now (an unreadable one fails the start, not a later rollback)."""
         path = self.dir / name
-        return OnlineHead.load(path) if path.exists() else None
+        if not path.exists():
+            return None
+        data = path.read_bytes()
+        OnlineHead.from_bytes(data, source=path)
+        return data
 
     @property
     def phase(self) -> str:
@@ -161,11 +167,11 @@ class Rollout:
                         self.fleet, MAX_QUARANTINE, MAX_QUARANTINE)
 
     # ---- phases ----------------------------------------------------------------------------------
-    def started(self, candidate: Head, online: OnlineHead, realface: Optional[dict] = None) -> None:
-        """The candidate (made from `online`, a snapshot) went to the canary ring: observe it from now on.
-        `realface`: the real-face guard's figures of the candidate (reported with the gate's)."""
-        self.candidate_online = online
-        atomic_write_bytes(self.dir / CANDIDATE_FILE, online.to_bytes())
+    def started(self, candidate: Head, online_state: bytes, realface: Optional[dict] = None) -> None:
+        """The candidate (made from `online_state`, the online head's state file bytes) went to the canary ring:
+        observe it from now on. `realface`: the real-face guard's figures of the candidate (reported with the gate's)."""
+        self.candidate_state = online_state
+        atomic_write_bytes(self.dir / CANDIDATE_FILE, online_state)
         self.candidate_mark = len(self.since_commit)
         self.state.rollout.update(phase="canary", candidate={"version": candidate.version, "sha256": candidate.sha256},
                                   started_at=time.time(),
@@ -182,10 +188,10 @@ class Rollout:
 
     def committed(self, by: str, verdict: GateVerdict) -> dict:
         """The candidate is now the whole fleet's head: its online snapshot becomes the committed one."""
-        if self.candidate_online is not None:
-            self.committed_online = self.candidate_online
+        if self.candidate_state is not None:
+            self.committed_state = self.candidate_state
             os.replace(self.dir / CANDIDATE_FILE, self.dir / COMMITTED_FILE)
-        self.candidate_online = None
+        self.candidate_state = None
         self.since_commit = self.since_commit[self.candidate_mark:]
         self.candidate_mark = 0
         return self._decided("commit", by, verdict)
@@ -199,7 +205,7 @@ class Rollout:
         path = None
         if not verdict.evidence:
             self.state.rollout["failed"] = (self.state.rollout["failed"] + [version])[-100:]
-            self.candidate_online = None
+            self.candidate_state = None
             self._decided("rollback", by, verdict)
             return None, None
         if self.since_commit:
@@ -211,13 +217,13 @@ class Rollout:
                         path)
         self.since_commit, self.candidate_mark = [], 0
         self.state.rollout["failed"] = (self.state.rollout["failed"] + [version])[-100:]
-        self.candidate_online = None
+        self.candidate_state = None
         try:
             (self.dir / CANDIDATE_FILE).unlink()
         except FileNotFoundError:
             pass
         self._decided("rollback", by, verdict, quarantined=str(path) if path else None)
-        return OnlineHead.from_bytes(self.committed_online.to_bytes()), path
+        return OnlineHead.from_bytes(self.committed_state), path
 
     def passed_waiting(self) -> None:
         self.state.rollout["phase"] = "passed"

@@ -132,10 +132,6 @@ class FleetState:
             return True
         return head.version == int(rec[0]) and head.sha256[:SHA_PREFIX] == str(rec[1])[:SHA_PREFIX]
 
-    @property
-    def knows_device_head(self) -> bool:
-        return self.knows(MAIN)
-
     def set_ring_head(self, ring: str, head: Head) -> None:
         """Adopt `head` as what the ring's devices hold (no record written: it was published before)."""
         if ring == MAIN:

@@ -21,7 +21,6 @@ from infantino.runtime.contract.messages import SampleMessage, StatusMessage
 from infantino.runtime.contract.topics import Topics
 from infantino.runtime.mqtt import Message, MqttLink
 
-from ..online_head import OnlineHead
 from .fleet import FleetWorker
 from .rollout import GateVerdict, Rollout
 from .state import MAIN
@@ -430,7 +429,7 @@ class FleetUnit:
         if nxt is None:
             return
         cand, ids, first, figures = nxt
-        snapshot = OnlineHead.from_bytes(w.state.online.to_bytes())  # what the candidate is made from
+        snapshot = w.state.online.to_bytes()  # the online head the candidate is made from
         delta, full, result = w.encode_for(ring, cand)
         self._send(ring, result, delta, full, len(ids), ids, first, figures)
         ro.started(result, snapshot, figures)
