@@ -95,11 +95,11 @@ class Ownership:
                 os.close(fd)
         return sorted(alive)
 
-    def share(self, n_fleets: int) -> int:
+    def share(self, n_fleets: int, live: list[str] | None = None) -> int:
         """How many fleets this worker should serve: an even split over the live workers (10 fleets over 4
         workers: 3, 3, 2, 2, the larger shares to the first ids in sorted order; 0 for a worker beyond the fleets,
-        which then stands by)."""
-        live = self.live_workers()
+        which then stands by). `live`: live_workers(), when the caller has it already."""
+        live = live if live is not None else self.live_workers()
         rank = live.index(self.worker_id)
         return n_fleets // len(live) + (1 if rank < n_fleets % len(live) else 0)
 

@@ -119,12 +119,13 @@ class UpdateService:
         """Serve an even share of the fleets: release extras (after a clean stop), take free ones."""
         own = self.ownership
         names = list(self.fleet_configs)
-        share = own.share(len(names))
+        live = own.live_workers()
+        share = own.share(len(names), live)
         with self._units_lock:
             owned = sorted(self.units, key=own.preference)
         for name in owned[:max(0, len(owned) - share)]:  # least preferred first
             log.info("worker %s: handing fleet %s over (%d live workers, share %d)", self.worker_id, name,
-                     len(own.live_workers()), share)
+                     len(live), share)
             self._stop_unit(name)
         now = time.monotonic()
         for name in sorted(names, key=own.preference, reverse=True):
