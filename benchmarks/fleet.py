@@ -42,9 +42,12 @@ FLEET = "load"
 EXT = "c" * 64
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux /proc), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Linux /proc), in seconds (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -124,7 +127,7 @@ def measure_fleet(devices: int = 50, seconds: float = 60.0, rate: float = 1.0, *
         start_version = service_status.get("published_version", 0)
         progress(f"streaming {rate:g} sample/s from each of {devices} devices for {seconds:g} s")
         rng = np.random.default_rng(seed + 1)
-        svc_cpu0, dev_cpu0 = _cpu_seconds(svc.pid), time.process_time()
+        svc_cpu0, dev_cpu0 = cpu_seconds(svc.pid), time.process_time()
         t0 = time.monotonic()
         period = 1.0 / (rate * devices)
         next_t = t0
@@ -153,7 +156,7 @@ def measure_fleet(devices: int = 50, seconds: float = 60.0, rate: float = 1.0, *
                 converged_after = round(quiet_since - stream_end, 2) if pub >= 0 else None
                 break
             time.sleep(0.05)
-        svc_cpu = _cpu_seconds(svc.pid) - svc_cpu0
+        svc_cpu = cpu_seconds(svc.pid) - svc_cpu0
         dev_cpu = time.process_time() - dev_cpu0
         wall = time.monotonic() - t0
         versions = [h.head.version for h in holders]

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from infantino.benchmarks.broker import MosquittoBroker
+from infantino.benchmarks.fleet import cpu_seconds
 from infantino.benchmarks.fleetsim import EXT, class_embeddings, fit_sim_head
 from infantino.benchmarks.loopbench import _pct
 from infantino.runtime.configfile import validate_config
@@ -35,15 +36,6 @@ from infantino.runtime.contract.signing import generate_keypair, load_public_key
 from infantino.runtime.contract.topics import Topics
 from infantino.runtime.mqtt import BrokerConfig, MqttLink
 from infantino.trainer.service import TrainerServiceConfig
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux /proc), in seconds (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fleets_config(work: Path, broker: BrokerConfig, fleets: int, devices: int, head_dir: Path, **over) -> Path:
