@@ -201,11 +201,7 @@ class FleetState:
                            "base_version": base_version, "ring": ring, "rings": rings,
                            "time": round(time.time(), 3)})
         self.ring_records = rings
-        self.floor = floor
-        if ring == MAIN:
-            self.published = head
-        else:
-            self.canary = head
+        self.set_ring_head(ring, head)
 
     def commit(self) -> None:
         """Checkpoint everything (online head state, the rings' heads, seen ids, counters, rollout phase)."""
