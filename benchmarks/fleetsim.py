@@ -24,7 +24,7 @@ from infantino.device.daemon import BundleFacts, DeviceDaemon
 from infantino.runtime.configfile import validate_config
 from infantino.runtime.contract.classes import CLASSES
 from infantino.runtime.contract.head import Head
-from infantino.runtime.contract.layout import HEAD_FILE
+from infantino.runtime.contract.layout import HEAD_FILE, HEAD_STATE_FILE
 from infantino.runtime.contract.messages import SampleMessage
 from infantino.runtime.contract.signing import generate_keypair, load_public_key
 from infantino.runtime.contract.topics import Topics
@@ -143,7 +143,7 @@ class SimFleet:
                             "min_faces": 60, "max_label_change": 0.12, "max_entropy_increase": 0.06}}
         data = {"broker": self.broker.model_dump(exclude_none=True, mode="json"),
                 "fleets": [{"name": self.fleet, "initial_head": str(self.head_dir / HEAD_FILE),
-                            "head_state": str(self.head_dir / "head_state.npz"), "devices": self.ids,
+                            "head_state": str(self.head_dir / HEAD_STATE_FILE), "devices": self.ids,
                             "rollout": rollout}],
                 "state_dir": str(self.work / "svc"), "signing_key": str(self.key), "min_interval_ms": 200,
                 "mlflow": {"enabled": False}, "service_id": f"sim-{uuid.uuid4().hex[:6]}"}

@@ -30,7 +30,7 @@ from infantino.runtime.configfile import validate_config
 from infantino.runtime.contract.classes import CLASSES
 from infantino.runtime.contract.errors import UpdateRejected
 from infantino.runtime.contract.head_update import open_update
-from infantino.runtime.contract.layout import HEAD_FILE
+from infantino.runtime.contract.layout import HEAD_FILE, HEAD_STATE_FILE
 from infantino.runtime.contract.messages import SampleMessage
 from infantino.runtime.contract.signing import generate_keypair, load_public_key
 from infantino.runtime.contract.topics import Topics
@@ -43,7 +43,7 @@ def fleets_config(work: Path, broker: BrokerConfig, fleets: int, devices: int, h
     generate_keypair(work / "signing.key", work / "signing.pub")
     data = {"broker": broker.model_dump(exclude_none=True, mode="json"), "service_id": f"pool-{uuid.uuid4().hex[:6]}",
             "fleets": [{"name": f"f{i:02d}", "initial_head": str(head_dir / HEAD_FILE),
-                        "head_state": str(head_dir / "head_state.npz"),
+                        "head_state": str(head_dir / HEAD_STATE_FILE),
                         "devices": [f"f{i:02d}-d{j:02d}" for j in range(devices)]} for i in range(fleets)],
             "state_dir": str(work / "svc"), "signing_key": str(work / "signing.key"), "min_interval_ms": 200,
             "delta_dtype": "float16", "mlflow": {"enabled": False}, "workers": {"rebalance_s": 0.5}, **over}
@@ -104,10 +104,9 @@ class FleetWatch:
         self.status: dict[str, dict] = {}                 # fleet -> its last service status
         self.retained: dict[str, int] = {}                # fleet -> version of the retained full head
         self.link = MqttLink(broker, f"watch-{uuid.uuid4().hex[:6]}", clean_start=True)
-        p = topics.prefix
-        self.link.subscribe(f"{p}/fleet/+/head/delta", self._on_update, qos=1)
-        self.link.subscribe(f"{p}/fleet/+/head", self._on_update, qos=1)
-        self.link.subscribe(f"{p}/fleet/+/service/status", self._on_status, qos=1)
+        self.link.subscribe(topics.fleet_delta("+"), self._on_update, qos=1)
+        self.link.subscribe(topics.fleet_head("+"), self._on_update, qos=1)
+        self.link.subscribe(topics.fleet_service_status("+"), self._on_status, qos=1)
 
     def start(self, timeout: float = 10.0) -> "FleetWatch":
         self.link.start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -14,8 +13,9 @@ from infantino.runtime.configfile import ExistingFile, ExistingPath, WritableDir
 from infantino.runtime.face import FaceOptions
 from infantino.runtime.mqtt import BrokerConfig
 from infantino.runtime.contract.signing import TrustedKeys, load_public_key
+from infantino.runtime.contract.topics import TOPIC_LEVEL
 
-TOPIC_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TOPIC_SAFE = TOPIC_LEVEL
 
 
 def _topic_safe(v: str, what: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 import uuid
 from typing import Literal, Optional
@@ -12,11 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from infantino.runtime.configfile import ExistingFile, ExistingPath, WritableDir, load_yaml_config
 from infantino.runtime.contract.rollout import CANARY
+from infantino.runtime.contract.topics import TOPIC_LEVEL
 from infantino.runtime.mqtt import BrokerConfig
 
 from ..web.config import ServiceWebConfig
 
-TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class _Strict(BaseModel):
