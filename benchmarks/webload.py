@@ -124,7 +124,8 @@ def measure_web(bundle_path, public_key, *, seconds: float = 15.0, rounds: int =
         "state_dir": str(work / "state"), "web": {"enabled": True, "port": 0, "live_max_fps": live_max_fps}})
     pipe = Pipeline(bundle, backend=cfg.backend, face=cfg.face, threads=cfg.threads)
     frames = nursery_frames()
-    daemon = DeviceDaemon(cfg, pipe, BundleFacts.from_bundle(bundle), _frames_forever(frames)).start()
+    facts = BundleFacts.from_bundle(bundle)
+    daemon = DeviceDaemon(cfg, pipe, facts, _frames_forever(frames)).start()
     sup = threading.Thread(target=daemon.supervise, daemon=True)
     sup.start()
     web = start_web(cfg.web, DaemonView(daemon))
@@ -167,7 +168,7 @@ def measure_web(bundle_path, public_key, *, seconds: float = 15.0, rounds: int =
     pairs = [100.0 * (c - o) / c for c, o in zip(closed, opened) if c]
     web_cpu = statistics.mean(r["web_threads_cpu_pct"] for r in rows if r["phase"] == "open")
     lat = daemon.stats.latency_ms()
-    return {"bundle": BundleFacts.from_bundle(bundle).bundle_id, "backend": pipe.backend.name, "detector": detector,
+    return {"bundle": facts.bundle_id, "backend": pipe.backend.name, "detector": detector,
             "frame": f"{frames[0].shape[1]}x{frames[0].shape[0]}", "live_max_fps": live_max_fps,
             "pinned": f"daemon on CPU {cpus[0]}, Chromium on CPU {cpus[1]}" if pinned else "no",
             "page_showed_frames_px": shown, "rows": rows, "fps_closed": round(fps_closed, 2),
