@@ -311,9 +311,10 @@ class _Scenario:
         while time.monotonic() - t0 < before_s + cut_s + after_s:
             elapsed = time.monotonic() - t0
             if self.t_cut is None and elapsed >= before_s:
+                # the time is taken before the cut: the central broker may report the drop before cut() returns
+                self.t_cut = time.monotonic()
                 self.site.cut = True
                 self.pair.uplink.cut()
-                self.t_cut = time.monotonic()
             elif self.t_restore is None and self.t_cut is not None and elapsed >= before_s + cut_s:
                 self.pair.uplink.restore()
                 self.site.cut = False
@@ -415,6 +416,7 @@ class _Scenario:
             "heads_caught_up_s_after_restore": self._caught_up_s(),
             "device_update_rejections": {d.config.device_id: dict(d.ota.rejections) for d in self.daemons},
             "central_saw_uplink_down": any(v == "0" for ts, v in c.bridge_states if self.t_cut <= ts <= self.t_restore),
+            "central_bridge_states": [(round(ts - self.t_cut, 3), v) for ts, v in c.bridge_states],  # s after the cut
             "predictions_on_site": self.site.predictions,
             "central_device_topics": topics,
             "central_topics_not_bridged": [t for t in topics if not any(topic_matches(f, t) for f in allowed)],

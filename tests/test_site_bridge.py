@@ -174,7 +174,8 @@ def test_uplink_cut_mid_stream_loses_nothing_and_heads_converge(tmp_path):
     r = _measure(workdir=tmp_path, rate=5.0, before_s=4.0, cut_s=6.0, after_s=4.0)
     # the cut was real: the central broker saw the uplink go down, the bridge was refused while it lasted,
     # and the site held the stream meanwhile (samples and statuses)
-    assert r["central_saw_uplink_down"] and r["uplink"]["refused_while_cut"] >= 1
+    assert r["central_saw_uplink_down"], r["central_bridge_states"]
+    assert r["uplink"]["refused_while_cut"] >= 1, r["uplink"]
     assert r["samples_sent_during_cut"] > 0 and r["site_messages_held_during_cut"] >= r["samples_sent_during_cut"]
     assert r["samples_refused_by_site"] == 0
     # every sample reached the central broker, and the service learned each exactly once (it drops repeats by
