@@ -58,13 +58,15 @@ def face_options(detector: str, group: str, threads: int = 1) -> FaceOptions:
     return FaceOptions(detector=detector, track=group == "camera", threads=threads)
 
 
-def our_row(bundle, backend, key: str, detector: str, groups: list[str]) -> FrameRow:
-    """A row of ours sharing `backend` (a runtime Backend) across one Pipeline per frame group."""
+def our_row(bundle, backend, key: str, detector: str, groups: list[str], threads: int = 1) -> FrameRow:
+    """A row of ours sharing `backend` (a runtime Backend) across one Pipeline per frame group; the detector's
+    model gets `threads` CPU threads (the benchmark gives it the same budget as the extractor and as fer)."""
     row = FrameRow(key=key, kind="ours", backend=backend.name, precision=backend.artifact.precision, detector=detector)
     for g in groups:
-        row.options[g] = face_options(detector, g)
+        row.options[g] = face_options(detector, g, threads)
         row.pipes[g] = Pipeline(bundle, backend=backend, detector=create_detector(row.options[g]))
-    row.info = f"{backend.describe()}; detector={detector} (scenes: track off, camera: track on)"
+    row.info = (f"{backend.describe()}; detector={detector}, threads={threads} "
+                f"(scenes: track off, camera: track on)")
     return row
 
 

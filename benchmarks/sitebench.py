@@ -463,9 +463,27 @@ def measure_site_bridge(*, rate: float = 5.0, before_s: float = 4.0, cut_s: floa
         run.close()
 
 
+SUMMARY_FIGURES = ("site_messages_held_during_cut", "bridge_up_s_after_restore", "queue_drained_s_after_restore",
+                   "heads_caught_up_s_after_restore", "converged_s_after_restore", "bridge_redeliveries")
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Median, min and max over repeated runs of the timing and queue figures; the loss checks must hold in all."""
+    figures = {}
+    for k in SUMMARY_FIGURES:
+        v = [r[k] for r in runs if r.get(k) is not None]
+        figures[k] = {"median": float(np.median(v)), "min": min(v), "max": max(v), "n": len(v)} if v else None
+    lossless = [r["converged"] and not r["samples_missing_at_central"] and r["samples_refused_by_site"] == 0
+                and r["service_samples_learned"] == r["samples_sent"] for r in runs]
+    return {"runs": len(runs), "figures": figures, "nothing_lost_and_converged": sum(lossless)}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the scenario and print its figures as JSON (exit 1 unless the heads converged)."""
+    """Run the scenario (--runs times) and print its figures as JSON (exit 1 unless the heads always converged)."""
     import argparse
+
+    from . import report as rpt
+    from .machine import describe
 
     ap = argparse.ArgumentParser(prog="python -m infantino.benchmarks.sitebench", description=main.__doc__)
     ap.add_argument("--rate", type=float, default=5.0, help="labelled samples per second per device (default 5)")
@@ -474,20 +492,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--after", type=float, default=4.0, help="seconds streamed after the restore (default 4)")
     ap.add_argument("--restart-timeout", type=int, nargs=2, default=(1, 2), metavar=("BASE", "CAP"),
                     help="the bridge's reconnect back-off in s (default 1 2; site.yaml's default is 2 30)")
+    ap.add_argument("--runs", type=int, default=1, help="repeat the scenario this often; with --json each run is "
+                    "written beside it (-runN) and the file holds the median and range (default 1)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
     if min(args.rate, args.cut) <= 0 or min(args.before, args.after) < 0:
         ap.error("--rate and --cut must be positive, --before and --after not negative")
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    out = measure_site_bridge(rate=args.rate, before_s=args.before, cut_s=args.cut, after_s=args.after,
-                              restart_timeout=tuple(args.restart_timeout),
-                              progress=lambda s: print(f"# {s}", file=sys.stderr))
-    text = json.dumps({k: v for k, v in out.items() if k != "central_device_topics"}, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    return 0 if out["converged"] else 1
+    config = {"rate": args.rate, "before_s": args.before, "cut_s": args.cut, "after_s": args.after,
+              "restart_timeout": list(args.restart_timeout), "runs": args.runs}
+    runs = []
+    for i in range(args.runs):
+        machine = describe(peak=False)
+        out = measure_site_bridge(rate=args.rate, before_s=args.before, cut_s=args.cut, after_s=args.after,
+                                  restart_timeout=tuple(args.restart_timeout),
+                                  progress=lambda s: print(f"# run {i + 1}/{args.runs}: {s}", file=sys.stderr))
+        out = {k: v for k, v in out.items() if k != "central_device_topics"}
+        runs.append(out)
+        doc = rpt.make_plain_report("site-bridge", machine, config, out)
+        print(rpt.to_json(doc), end="")
+        if args.json and args.runs > 1:
+            rpt.write_json(args.json.with_name(f"{args.json.stem}-run{i + 1}{args.json.suffix}"), doc)
+        elif args.json:
+            rpt.write_json(args.json, doc)
+    if args.runs > 1:
+        summary = rpt.make_plain_report("site-bridge-summary", describe(peak=False), config, summarize(runs))
+        print(rpt.to_json(summary), end="")
+        if args.json:
+            rpt.write_json(args.json, summary)
+    return 0 if all(r["converged"] for r in runs) else 1
 
 
 if __name__ == "__main__":

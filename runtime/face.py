@@ -49,7 +49,10 @@ class FaceOptions(BaseModel):
                                "fewer false faces)")
     detect_max_side: Optional[int] = Field(default=None, ge=64, description="downscale frames whose longer side "
                                            "exceeds this before detecting (faster on HD cameras)")
-    equalize: bool = Field(default=True, description="equalise the grey histogram before detecting")
+    equalize: Literal["clahe", "global", "none"] = Field(
+        default="clahe", description="Haar: contrast step on the grey frame before detecting: clahe (local, "
+        "default), global (cv2.equalizeHist: lost 40 points of upright recall on MJPG camera frames, docs/runtime.md) "
+        "or none (as fer: a false face beside the astronaut's in a 640x480 frame); true/false mean global/none")
     cascade_path: Optional[str] = Field(default=None, description="Haar cascade XML (default: OpenCV's "
                                         "frontal-face cascade)")
     model: Literal["full", "short"] = Field(default="full", description="BlazeFace search model: full-range "
@@ -86,6 +89,12 @@ class FaceOptions(BaseModel):
                              "without running a model, if that answer was complete (faces, or no face in any "
                              "orientation); still frames count towards redetect_every, so a still face is "
                              "searched again every redetect_every frames; an unchanged empty scene is not")
+
+    @field_validator("equalize", mode="before")
+    @classmethod
+    def _equalize_from_bool(cls, v):
+        """Configs written before the three modes said true (global) or false (none)."""
+        return {True: "global", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("rotations")
     @classmethod
@@ -282,6 +291,7 @@ class HaarFaceDetector(FaceDetector):
         if self.cascade.empty():
             raise InfantinoError(f"cannot load Haar cascade {path}")
         self._lock = threading.Lock()  # CascadeClassifier is not safe to share between threads
+        self._clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
 
     def _detect(self, frame: np.ndarray, min_size: int) -> list[Box]:
         cv2 = _cv2()
@@ -289,9 +299,11 @@ class HaarFaceDetector(FaceDetector):
             gray = frame
         else:
             gray = cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY if frame.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-        if self.options.equalize:
+        if self.options.equalize == "global":
             gray = cv2.equalizeHist(gray)
-        with self._lock:
+        with self._lock:  # the CLAHE object is shared too
+            if self.options.equalize == "clahe":
+                gray = self._clahe.apply(gray)
             found = self.cascade.detectMultiScale(gray, scaleFactor=self.options.scale_factor,
                                                   minNeighbors=self.options.min_neighbors,
                                                   minSize=(min_size, min_size))

@@ -158,3 +158,33 @@ def test_box_scaling_keeps_keypoints_and_angle():
     s = b.scaled(2.0)
     assert s.as_tuple() == (20, 40, 60, 80) and s.keypoints[0] == (2.0, 4.0) and s.angle == 12.5 and s.score == 0.9
     assert b.expand(0.5, (100, 100)).keypoints == b.keypoints
+
+
+def _iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w, h = min(ax + aw, bx + bw) - max(ax, bx), min(ay + ah, by + bh) - max(ay, by)
+    inter = max(0, w) * max(0, h)
+    return inter / (aw * ah + bw * bh - inter)
+
+
+def test_haar_default_contrast_keeps_mjpg_camera_faces():
+    """Issue 15: a global histogram equalisation lost most upright faces of an MJPG camera clip (fer, which does
+    not equalise, found them); the default local (CLAHE) step finds every one, and true/false still load."""
+    from infantino.benchmarks import scenes as sc
+    from infantino.benchmarks.frameset import _through_mjpg
+
+    clip = sc.camera_scenes(sc.photo_face_sources(), n_frames=45, seed=5, rotations=(0,))
+    frames = _through_mjpg([s.frame for s in clip])
+
+    def recall(mode) -> float:
+        det = create_detector(FaceOptions(detector="haar", equalize=mode))
+        hits = [bool(b := det.detect(f)) and _iou(b[0].as_tuple(), s.box) >= 0.5 for s, f in zip(clip, frames)]
+        return float(np.mean(hits))
+
+    assert FaceOptions().equalize == "clahe"
+    default, global_ = recall("clahe"), recall(True)
+    assert FaceOptions(equalize=True).equalize == "global" and FaceOptions(equalize=False).equalize == "none"
+    assert default >= 0.95 and global_ <= default - 0.3, (default, global_)
+    with pytest.raises(ValueError, match="equalize"):
+        FaceOptions(equalize="sometimes")

@@ -70,8 +70,8 @@ def add_arguments(p) -> None:
                    help="interleaved rounds; each runs every frame through every row (default 3)")
     p.add_argument("--warmup", type=common.non_negative_int, default=3, help="untimed frames per set first (default 3)")
     p.add_argument("--threads", type=common.positive_int, default=None,
-                   help="CPU threads of our backends (default: the cores this process may use); fer keeps its own "
-                        "defaults")
+                   help="CPU threads of our extractor and of our face detector's model, each in turn (default: the "
+                        "cores this process may use; fer's OpenCV and torch use as many); fer keeps its own defaults")
     f = p.add_argument_group("frames")
     f.add_argument("--photo-scenes", type=common.non_negative_int, default=12,
                    help="scenes per photo face, astronaut and grace_hopper (default 12: every rotation twice)")
@@ -144,7 +144,7 @@ def build_rows(args, bundle, specs, detectors, peers, npz: Path, groups: list[st
         for d in detectors:
             key = f"{be.name}:{be.artifact.precision} + {d}"
             try:
-                rows.append(our_row(bundle, be, key, d, groups))
+                rows.append(our_row(bundle, be, key, d, groups, threads))
             except Exception as e:  # detector models missing: keep the row with the reason
                 rows.append(FrameRow(key=key, kind="ours", backend=be.name, precision=be.artifact.precision,
                                      detector=d, failure=f"{type(e).__name__}: {e}"))
