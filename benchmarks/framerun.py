@@ -1,9 +1,10 @@
 """The rows of `infantino-bench frames` and their interleaved rounds: our pipelines in-process, peers as subprocesses.
 
-A round runs every frame once through every row. Our rows share a round (each frame through every pipeline in
-rotating order); each peer row runs the round in its own process while ours wait, and the order alternates
-(even rounds: ours then peers, odd rounds: peers then ours) so a drift in load hits both sides alike. Per row
-and round we keep each frame's wall time, its stages and (first round) what the row found.
+A round runs every frame once through every row. Our rows share a round: by default each row runs the whole set
+in turn, as a camera's one pipeline does (the rows' order rotates per round); with order="frame" each frame goes
+through every pipeline in rotating order. Each peer row runs the round in its own process while ours wait, and
+the order alternates (even rounds: ours then peers, odd rounds: peers then ours) so a drift in load hits both
+sides alike. Per row and round we keep each frame's wall time, its stages and (first round) what the row found.
 """
 
 from __future__ import annotations
@@ -58,15 +59,14 @@ def face_options(detector: str, group: str, threads: int = 1) -> FaceOptions:
     return FaceOptions(detector=detector, track=group == "camera", threads=threads)
 
 
-def our_row(bundle, backend, key: str, detector: str, groups: list[str], threads: int = 1) -> FrameRow:
-    """A row of ours sharing `backend` (a runtime Backend) across one Pipeline per frame group; the detector's
-    model gets `threads` CPU threads (the benchmark gives it the same budget as the extractor and as fer)."""
+def our_row(bundle, backend, key: str, detector: str, groups: list[str]) -> FrameRow:
+    """A row of ours sharing `backend` (a runtime Backend) across one Pipeline per frame group. The detector keeps
+    the runtime's 1 thread: BlazeFace's small models ran no faster per camera frame on 2 (2.43 vs 2.28 ms)."""
     row = FrameRow(key=key, kind="ours", backend=backend.name, precision=backend.artifact.precision, detector=detector)
     for g in groups:
-        row.options[g] = face_options(detector, g, threads)
+        row.options[g] = face_options(detector, g)
         row.pipes[g] = Pipeline(bundle, backend=backend, detector=create_detector(row.options[g]))
-    row.info = (f"{backend.describe()}; detector={detector}, threads={threads} "
-                f"(scenes: track off, camera: track on)")
+    row.info = f"{backend.describe()}; detector={detector} (scenes: track off, camera: track on)"
     return row
 
 
@@ -102,34 +102,52 @@ def warm_up(rows: list[FrameRow], fs: FrameSet, n: int) -> None:
     reset_tracking(rows)
 
 
-def run_ours(rows: list[FrameRow], fs: FrameSet, first: bool, advance: Callable[[], None]) -> None:
-    """One round of our rows: every frame through every live row, rows in rotating order."""
+ORDERS = ("row", "frame")
+
+
+def run_ours(rows: list[FrameRow], fs: FrameSet, first: bool, advance: Callable[[float], None],
+             order: str = "row", round_index: int = 0) -> None:
+    """One round of our rows. order="row" (default): each row runs every frame in turn, as one camera's pipeline
+    does and as each fer peer does in its process; the rows take turns in an order that rotates per round.
+    order="frame": every frame through every row, rows in an order that rotates per frame (each model then
+    finds its weights evicted by the others' since its last turn)."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; valid: {', '.join(ORDERS)}")
     live = [r for r in rows if r.kind == "ours" and r.ok]
     n = len(fs)
     cur = {r.key: (np.zeros(n), {s: np.zeros(n) for s in OUR_STAGES}, []) for r in live}
     reset_tracking(live)
+
+    def one(r: FrameRow, i: int) -> None:
+        if not r.ok:
+            return
+        frame, g = fs.frames[i], str(fs.group[i])
+        try:
+            t0 = time.perf_counter()
+            res = r.pipes[g].predict_frame(frame)
+            ms = (time.perf_counter() - t0) * 1e3
+        except Exception as e:  # a pipeline failing mid-run keeps its row, with the reason
+            r.failure = f"{type(e).__name__}: {e}"
+            return
+        tot, st, out = cur[r.key]
+        tot[i] = ms
+        for s in OUR_STAGES:
+            st[s][i] = float(res.timings.get(s, 0.0))
+        out.append([Detection(tuple(int(v) for v in f.box), int(f.index)) for f in res.faces])
+
     gc.collect()
     gc.disable()
     try:
-        for i in range(n):
-            frame, g = fs.frames[i], str(fs.group[i])
-            for j in rotation(len(live), i):
-                r = live[j]
-                if not r.ok:
-                    continue
-                try:
-                    t0 = time.perf_counter()
-                    res = r.pipes[g].predict_frame(frame)
-                    ms = (time.perf_counter() - t0) * 1e3
-                except Exception as e:  # a pipeline failing mid-run keeps its row, with the reason
-                    r.failure = f"{type(e).__name__}: {e}"
-                    continue
-                tot, st, out = cur[r.key]
-                tot[i] = ms
-                for s in OUR_STAGES:
-                    st[s][i] = float(res.timings.get(s, 0.0))
-                out.append([Detection(tuple(int(v) for v in f.box), int(f.index)) for f in res.faces])
-            advance()
+        if order == "frame":
+            for i in range(n):
+                for j in rotation(len(live), i):
+                    one(live[j], i)
+                advance(1)
+        else:
+            for j in rotation(len(live), round_index):
+                for i in range(n):
+                    one(live[j], i)
+                advance(n / max(1, len(live)))
     finally:
         gc.enable()
     for r in live:
@@ -164,16 +182,16 @@ def _keep(row: FrameRow, tot: np.ndarray, st: dict, out: list, first: bool) -> N
         row.changed = max(row.changed, sum(a != b for a, b in zip(row.outputs, out)))
 
 
-def run_rounds(rows: list[FrameRow], fs: FrameSet, rounds: int, advance: Callable[[int], None],
-               on_round: Callable[[int, str], None] = lambda k, side: None) -> None:
-    """`rounds` rounds, ours and the peers alternating first (see the module docstring)."""
+def run_rounds(rows: list[FrameRow], fs: FrameSet, rounds: int, advance: Callable[[float], None],
+               on_round: Callable[[int, str], None] = lambda k, side: None, order: str = "row") -> None:
+    """`rounds` rounds, ours and the peers alternating first (see the module docstring); `order`: run_ours."""
     peers = [r for r in rows if r.kind == "peer"]
     for k in range(rounds):
         sides = ["ours", "peers"] if k % 2 == 0 else ["peers", "ours"]
         for side in sides:
             on_round(k, side)
             if side == "ours":
-                run_ours(rows, fs, k == 0, lambda: advance(1))
+                run_ours(rows, fs, k == 0, advance, order=order, round_index=k)
             else:
                 for p in (peers if k % 2 == 0 else peers[::-1]):
                     run_peer(p, k == 0)

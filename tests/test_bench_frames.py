@@ -174,6 +174,27 @@ def test_frames_bad_arguments(runtime_bundle, keypair, capsys):
     assert _bench(*base, "--lfw-faces", 51) == 2
     assert _bench(*base, "--photo-scenes", 0, "--lfw-faces", 0, "--face-free", 0, "--camera-frames", 0) == 2
     assert "no frames" in capsys.readouterr().err
+    assert _bench(*base, "--order", "diagonal") == 2
+    assert "--order" in capsys.readouterr().err
+
+
+def test_frames_orders_give_the_same_answers(frames_run, runtime_bundle, keypair):
+    """--order frame (every frame through every row) finds and labels exactly what the default row order does;
+    only the timing differs. The config records which order ran."""
+    d, rep = frames_run
+    rc = _bench("frames", "--bundle", runtime_bundle, "--public-key", keypair[1],
+                "--backends", "onnxruntime:fp32,tflite:fp32", "--detectors", "haar", "--peers", "none",
+                "--photo-scenes", 2, "--lfw-faces", 1, "--face-free", 1, "--camera-frames", 3, "--rounds", 1, "--warmup", 0, "--no-peak", "--order", "frame",
+                "--json", d / "by-frame.json")
+    assert rc == 0
+    other = json.loads((d / "by-frame.json").read_text())
+    assert rep["config"]["order"] == "row" and other["config"]["order"] == "frame"
+    ours = {(r["set"], r["key"]): r for r in rep["rows"] if r["kind"] == "ours" and r["status"] == "ok"}
+    theirs = {(r["set"], r["key"]): r for r in other["rows"]}
+    assert ours and all(theirs[k]["status"] == "ok" and theirs[k]["frames"] == r["frames"] // 2 for k, r in ours.items())
+    for k, r in ours.items():
+        for m in ("recall", "agreement", "agreement_of_found", "false_face_rate", "face_frames"):
+            assert theirs[k][m] == r[m], (k, m)
 
 
 # ---- the peer protocol ---------------------------------------------------------------------------------------------

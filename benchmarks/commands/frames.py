@@ -25,7 +25,7 @@ from infantino.runtime.face import list_detectors
 
 from .. import common
 from .. import report as rpt
-from ..framerun import close_rows, our_row, peer_row, run_rounds, warm_up
+from ..framerun import ORDERS, close_rows, our_row, peer_row, run_rounds, warm_up
 from ..framescore import IOU, score
 from ..frameset import GROUPS, build_frameset
 from ..machine import describe, load_average
@@ -68,10 +68,14 @@ def add_arguments(p) -> None:
                    help="python of the peer venv (default $INFANTINO_PEER_PYTHON, else ./.venv-peers/bin/python)")
     p.add_argument("--rounds", type=common.positive_int, default=3,
                    help="interleaved rounds; each runs every frame through every row (default 3)")
+    p.add_argument("--order", choices=ORDERS, default="row",
+                   help="row (default): each of our rows runs the whole set in turn, as one camera's pipeline and "
+                        "as each fer peer does; frame: every frame through all our rows in rotating order (each "
+                        "model's weights are then evicted by the others' between its turns)")
     p.add_argument("--warmup", type=common.non_negative_int, default=3, help="untimed frames per set first (default 3)")
     p.add_argument("--threads", type=common.positive_int, default=None,
-                   help="CPU threads of our extractor and of our face detector's model, each in turn (default: the "
-                        "cores this process may use; fer's OpenCV and torch use as many); fer keeps its own defaults")
+                   help="CPU threads of our backends (default: the cores this process may use; the face detector "
+                        "keeps the runtime's 1); fer keeps its own defaults")
     f = p.add_argument_group("frames")
     f.add_argument("--photo-scenes", type=common.non_negative_int, default=12,
                    help="scenes per photo face, astronaut and grace_hopper (default 12: every rotation twice)")
@@ -144,7 +148,7 @@ def build_rows(args, bundle, specs, detectors, peers, npz: Path, groups: list[st
         for d in detectors:
             key = f"{be.name}:{be.artifact.precision} + {d}"
             try:
-                rows.append(our_row(bundle, be, key, d, groups, threads))
+                rows.append(our_row(bundle, be, key, d, groups))
             except Exception as e:  # detector models missing: keep the row with the reason
                 rows.append(FrameRow(key=key, kind="ours", backend=be.name, precision=be.artifact.precision,
                                      detector=d, failure=f"{type(e).__name__}: {e}"))
@@ -182,7 +186,8 @@ def run(args) -> int:
         with Progress(console=rpt.make_console(stderr=True), transient=True) as prog:
             task = prog.add_task("frames rounds", total=args.rounds * len(fs) * (1 + n_peers))
             run_rounds(rows, fs, args.rounds, lambda k: prog.advance(task, k),
-                       lambda k, side: loads.append({"round": k, "side": side, "load_average": load_average()}))
+                       lambda k, side: loads.append({"round": k, "side": side, "load_average": load_average()}),
+                       order=args.order)
     finally:
         close_rows(rows)
         if tmp is not None:
@@ -195,7 +200,9 @@ def run(args) -> int:
               "threads": threads, "photo_scenes": args.photo_scenes, "lfw_faces": args.lfw_faces,
               "face_free": args.face_free, "camera_frames": args.camera_frames, "seed": args.seed, "iou": args.iou,
               "frames": {g: int(len(fs.indices(g))) for g in groups}, "frame_shape": list(fs.frames.shape[1:]),
-              "interleaved": "rounds alternate ours/peers; our rows rotate per frame", "batch": 1,
+              "interleaved": "rounds alternate ours/peers; " + (
+                  "our rows rotate per frame" if args.order == "frame" else "each of our rows runs the set in turn, "
+                  "their order rotating per round"), "order": args.order, "batch": 1,
               "peer_python": str(peer_python(args.peer_python))}
     report = rpt.make_report("frames", machine, config, out, goals=goals, loads=loads,
                              peers={r.key: (r.peer.ready if r.peer else {"failed": r.failure})
