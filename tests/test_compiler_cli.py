@@ -265,6 +265,29 @@ def test_tensorrt_build_settings_and_missing_library():
             tb.build_plan("x.onnx", s)
 
 
+def test_tensorrt_probe_reports_a_host_with_tensorrt_but_no_gpu(monkeypatch):
+    """The probe's path past the import (a host with TensorRT's wheel but no usable GPU) names the reason; a local
+    that shadowed the `cudart` loader once made it raise UnboundLocalError there instead. CUDA's answers are
+    stand-ins: (error, count) tuples as cuda-python returns them."""
+    from infantino.runtime.backends import tensorrt_build as tb
+
+    class NoGpu:
+        @staticmethod
+        def cudaGetDeviceCount():
+            return (0, 0)
+
+    class Broken:
+        @staticmethod
+        def cudaGetDeviceCount():
+            return (35, 0)  # cudaErrorInsufficientDriver
+
+    monkeypatch.setattr(tb, "import_trt", lambda: object())
+    monkeypatch.setattr(tb, "cudart", lambda: NoGpu)
+    assert tb.build_unavailable_reason() == "tensorrt: CUDA reports no GPU"
+    monkeypatch.setattr(tb, "cudart", lambda: Broken)
+    assert tb.build_unavailable_reason() == "tensorrt: CUDA is not usable here (CUDA error 35)"
+
+
 @pytest.mark.gpu
 def test_tensorrt_plan_builds_on_a_gpu_host(tmp_path, keypair, compiler_model_dir):
     from infantino.compiler.pipeline import CompileOptions, compile_bundle

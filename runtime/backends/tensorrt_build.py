@@ -138,11 +138,11 @@ def build_unavailable_reason() -> Optional[str]:
     """None if this host can build plans (tensorrt importable and a CUDA GPU present), else why not."""
     try:
         import_trt()
-        cudart = cudart()
+        rt = cudart()
     except BackendUnavailable as e:
         return str(e)
     try:
-        if check_cuda(cudart.cudaGetDeviceCount()) < 1:
+        if check_cuda(rt.cudaGetDeviceCount()) < 1:
             return "tensorrt: CUDA reports no GPU"
     except Exception as e:
         return f"tensorrt: CUDA is not usable here ({e})"
@@ -152,8 +152,8 @@ def build_unavailable_reason() -> Optional[str]:
 def host_info(device: int = 0) -> dict[str, str]:
     """{'tensorrt_version', 'gpu_name'} of this host (needs tensorrt and a GPU)."""
     trt = import_trt()
-    cudart = cudart()
-    props = check_cuda(cudart.cudaGetDeviceProperties(device))
+    rt = cudart()
+    props = check_cuda(rt.cudaGetDeviceProperties(device))
     name = props.name
     name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
     return {"tensorrt_version": trt.__version__, "gpu_name": name.strip("\x00 ")}
@@ -243,7 +243,7 @@ def make_calibrator(trt, settings: TensorRTSettings, folder: str | os.PathLike):
                              "ship a QDQ-quantized ONNX or build fp16")
     data = load_calibration(settings, folder)
     cache = Path(folder) / settings.calibration_cache if settings.calibration_cache else None
-    cudart = cudart()
+    rt = cudart()
     batch = max(1, min(settings.max_batch, 8))
 
     class _Calibrator(base):
@@ -251,7 +251,7 @@ def make_calibrator(trt, settings: TensorRTSettings, folder: str | os.PathLike):
             base.__init__(self)
             self.i = 0
             self.nbytes = batch * int(np.prod(data.shape[1:])) * 4
-            self.ptr = check_cuda(cudart.cudaMalloc(self.nbytes))
+            self.ptr = check_cuda(rt.cudaMalloc(self.nbytes))
 
         def get_batch_size(self):
             return batch
@@ -261,8 +261,8 @@ def make_calibrator(trt, settings: TensorRTSettings, folder: str | os.PathLike):
                 return None
             chunk = np.ascontiguousarray(data[self.i:self.i + batch])
             self.i += batch
-            check_cuda(cudart.cudaMemcpy(self.ptr, chunk.ctypes.data, chunk.nbytes,
-                                  cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
+            check_cuda(rt.cudaMemcpy(self.ptr, chunk.ctypes.data, chunk.nbytes,
+                                  rt.cudaMemcpyKind.cudaMemcpyHostToDevice))
             return [int(self.ptr)]
 
         def read_calibration_cache(self):
