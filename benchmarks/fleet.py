@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from infantino.benchmarks.broker import MosquittoBroker
-from infantino.benchmarks.loopbench import HeadHolder, _fit_online_head, _pct, stop_service
+from infantino.benchmarks.loopbench import HeadHolder, _fit_online_head, _pct, start_service, stop_service
 from infantino.device.config import DeviceConfig
 from infantino.device.daemon import BundleFacts, DeviceDaemon
 from infantino.runtime.configfile import validate_config
@@ -81,9 +79,7 @@ def measure_fleet(devices: int = 50, seconds: float = 60.0, rate: float = 1.0, *
     sys_counters: dict[str, float] = {}
     service_status: dict = {}
     watcher = MqttLink(BrokerConfig(**bcfg), f"load-watch-{uuid.uuid4().hex[:6]}", clean_start=True)
-    svc_log = open(work / "service.log", "wb")
-    svc = subprocess.Popen([sys.executable, "-m", "infantino.trainer.commands.serve", "-q", "--config",
-                            str(work / "trainer.yaml")], stdout=svc_log, stderr=subprocess.STDOUT)
+    svc, svc_log = start_service(work / "trainer.yaml", work / "service.log")
     sent = 0
     try:
         watcher.start()

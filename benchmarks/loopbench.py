@@ -111,6 +111,15 @@ def payload_and_apply_figures(head, next_head, private_key, public_key, state_di
     return {"payload_bytes": sizes, "apply_ms": apply_ms, "weights": int(sum(w.size for w in head.weights))}
 
 
+def start_service(config: Path, log_path: Path, *extra: str, quiet: bool = True) -> tuple[subprocess.Popen, object]:
+    """`infantino-train serve --config config [extra...]` as a subprocess logging to log_path (appended):
+    (process, open log file), for stop_service."""
+    log_file = open(log_path, "ab")
+    cmd = [sys.executable, "-m", "infantino.trainer.commands.serve", *(["-q"] if quiet else []), "--config",
+           str(config), *extra]
+    return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT), log_file
+
+
 def stop_service(svc: subprocess.Popen, log_file) -> None:
     """SIGTERM the update service (it publishes, persists and acknowledges), kill it after 30 s, close its log."""
     svc.send_signal(signal.SIGTERM)
@@ -178,9 +187,7 @@ def measure_loop(n: int = 100, *, delta_dtype: str = "float32", hidden=(100,), p
     daemon.on_applied.append(on_applied)
     lat, to_device, on_device, verify, persist, swap, publish_to_device = [], [], [], [], [], [], []
     lost = 0
-    svc_log = open(work / "service.log", "wb")
-    svc = subprocess.Popen([sys.executable, "-m", "infantino.trainer.commands.serve", "--config",
-                            str(work / "trainer.yaml")], stdout=svc_log, stderr=subprocess.STDOUT)
+    svc, svc_log = start_service(work / "trainer.yaml", work / "service.log", quiet=False)
     try:
         daemon.start()
         head_topic = daemon.link.head_topic

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from infantino.benchmarks.broker import BrokerUnavailable, MosquittoBroker, free_port, set_config_values
-from infantino.benchmarks.loopbench import HeadHolder, _fit_online_head, stop_service
+from infantino.benchmarks.loopbench import HeadHolder, _fit_online_head, start_service, stop_service
 from infantino.benchmarks.netcut import NetCut
 from infantino.benchmarks.pki import make_pki
 from infantino.benchmarks.sitebridge import SiteBridgeConfig, render_central_acl, render_site_bridge
@@ -274,9 +274,7 @@ class _Scenario:
                    "service_id": f"site-trainer-{uuid.uuid4().hex[:6]}"}
         validate_config(TrainerServiceConfig, svc_cfg)
         (w / "trainer.yaml").write_text(json.dumps(svc_cfg))
-        self.svc_log = open(w / "service.log", "wb")
-        self.svc = subprocess.Popen([sys.executable, "-m", "infantino.trainer.commands.serve", "-q", "--config",
-                                     str(w / "trainer.yaml")], stdout=self.svc_log, stderr=subprocess.STDOUT)
+        self.svc, self.svc_log = start_service(w / "trainer.yaml", w / "service.log")
 
     def _start_device(self, dev: str) -> None:
         (self.work / "bundle").mkdir(exist_ok=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -25,7 +24,7 @@ import numpy as np
 from infantino.benchmarks.broker import MosquittoBroker
 from infantino.benchmarks.fleet import cpu_seconds
 from infantino.benchmarks.fleetsim import EXT, class_embeddings, fit_sim_head
-from infantino.benchmarks.loopbench import _pct
+from infantino.benchmarks.loopbench import _pct, start_service
 from infantino.runtime.configfile import validate_config
 from infantino.runtime.contract.classes import CLASSES
 from infantino.runtime.contract.errors import UpdateRejected
@@ -62,9 +61,7 @@ class WorkerPool:
         self._logs: dict[str, object] = {}
 
     def start(self, wid: str) -> subprocess.Popen:
-        log = open(self.work / f"worker-{wid}.log", "ab")
-        p = subprocess.Popen([sys.executable, "-m", "infantino.trainer.commands.serve", "-q", "--config",
-                              str(self.config), "--worker-id", wid], stdout=log, stderr=subprocess.STDOUT)
+        p, log = start_service(self.config, self.work / f"worker-{wid}.log", "--worker-id", wid)
         self.procs[wid], self._logs[wid] = p, log
         return p
 
