@@ -1,10 +1,12 @@
-"""Median and range over repeated `infantino-bench frames` runs: the figures docs/benchmarks.md and the README quote.
+"""Median and range over repeated benchmark runs: the figures docs/benchmarks.md and the README quote.
 
     python -m infantino.benchmarks.repeats RUN1.json RUN2.json RUN3.json --json S.json --csv S.csv --markdown S.md
 
-Rows are matched by (set, row); each figure is given as the median of the runs with its min and max. A goal is
-met when the median ratio of the fastest qualifying row (recall and agreement >= the peer's) reaches it and a
-row qualified in every run.
+`frames` runs: rows are matched by (set, row); each figure is given as the median of the runs with its min and
+max. A goal is met when the median ratio of the fastest qualifying row (recall and agreement >= the peer's)
+reaches it and a row qualified in every run. Runs of any other kind (detect, web, models, site-bridge...): the
+median, min and max of every number the runs share (top-level fields, sections, rows by their "key"), printed
+one per line and written with --json.
 """
 
 from __future__ import annotations
@@ -77,6 +79,49 @@ def combine(reports: Sequence[dict]) -> dict:
             "peers": reports[0].get("peers")}
 
 
+def _numeric_leaves(obj, prefix: str = "") -> dict:
+    """{"a.b.c": number} for every int/float (not bool) under a dict; lists and the machine record are skipped."""
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in ("machine", "config", "samples_ms", "schema"):
+                continue
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict):
+                out.update(_numeric_leaves(v, key))
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[key] = v
+    return out
+
+
+def _rows_by_key(report: dict) -> dict:
+    """Rows that carry a "key" (detect, models, web phases...) as {"rows[key].figure": number}."""
+    out = {}
+    for section, rows in (("rows", report.get("rows")), ("camera", (report.get("camera") or {}).get("rows"))):
+        for r in rows or []:
+            if isinstance(r, dict) and "key" in r:
+                for k, v in _numeric_leaves(r).items():
+                    out[f"{section}[{r['key']}].{k}"] = v
+    return out
+
+
+def combine_figures(reports: Sequence[dict]) -> dict:
+    """Any other kind of run (detect, web, models, site-bridge...): the median, min and max of every number found
+    in all of them — top-level fields and sections, and the figures of rows that have a "key"."""
+    if not reports:
+        raise ValueError("no reports to combine")
+    kinds = {r.get("kind") for r in reports}
+    if len(kinds) != 1:
+        raise ValueError(f"runs of different kinds: {sorted(map(str, kinds))}")
+    per_run = [{**_numeric_leaves(r), **_rows_by_key(r)} for r in reports]
+    common = [k for k in per_run[0] if all(k in f for f in per_run[1:])]
+    return {"schema": rpt.SCHEMA, "kind": f"{reports[0].get('kind')}-summary", "machine": reports[0].get("machine"),
+            "config": reports[0].get("config"),
+            "runs": [{"timestamp": (r.get("machine") or {}).get("timestamp"),
+                      "load_average_start": (r.get("machine") or {}).get("load_average_start")} for r in reports],
+            "figures": {k: _stats([f[k] for f in per_run]) for k in common}}
+
+
 def _cell(st: Optional[dict], spec: str) -> str:
     if st is None:
         return "–"
@@ -111,14 +156,26 @@ def markdown(summary: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m infantino.benchmarks.repeats", description=__doc__.strip().splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path, help="JSON files of `infantino-bench frames --json`")
+    p.add_argument("runs", nargs="+", type=Path, help="JSON files of one benchmark's --json runs (frames, detect, "
+                   "web, models...)")
     p.add_argument("--json", type=Path, default=None, help="write the summary as JSON")
     p.add_argument("--csv", type=Path, default=None, help="write one line per row: median, min, max per figure")
     p.add_argument("--markdown", type=Path, default=None, help="write the Markdown table (default: print it)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = combine([json.loads(f.read_text()) for f in args.runs])
+        reports = [json.loads(f.read_text()) for f in args.runs]
+        if any(r.get("kind") != "frames" for r in reports):
+            if any(str(r.get("kind", "")).endswith("summary") for r in reports):
+                raise ValueError("a summary is not a run")
+            summary = combine_figures(reports)
+            summary["sources"] = [str(f) for f in args.runs]
+            if args.json:
+                rpt.write_json(args.json, summary)
+            for k, st in summary["figures"].items():
+                print(f"{k}\t{_cell(st, '.4g')}")
+            return 0
+        summary = combine(reports)
     except (OSError, ValueError, KeyError) as e:
         print(f"repeats: {e}", file=sys.stderr)
         return 2

@@ -343,3 +343,33 @@ def test_repeats_gives_median_and_range_of_runs(frames_run, tmp_path):
     assert repeats.main([*map(str, files), "--json", str(tmp_path / "s.json"), "--markdown", str(tmp_path / "s.md")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["kind"] == "frames-summary"
     assert repeats.main([str(tmp_path / "s.json")]) == 2  # a summary is not a run
+
+
+def test_repeats_of_other_benchmarks_give_median_and_range(tmp_path, capsys):
+    """detect/web/models runs: every number the runs share, top-level, in sections and in keyed rows."""
+    from infantino.benchmarks import repeats
+
+    def run(fps_open, haar_ms, extra=None):
+        return {"schema": "infantino-bench/1", "kind": "web", "machine": {"timestamp": "t", "load_average_start": [1]},
+                "config": {"seconds": 12}, "fps_open": fps_open, "within_goal": True, "label": "x",
+                "median_latency_ms": {"detect": haar_ms / 10}, "rows": [{"key": "haar", "p50_ms": haar_ms}],
+                "camera": {"rows": [{"key": "haar", "recall": 0.5}]}, **(extra or {})}
+
+    runs = [run(200.0, 50.0), run(240.0, 40.0, {"only_here": 1}), run(230.0, 60.0)]
+    files = [tmp_path / f"w{i}.json" for i in range(3)]
+    for f, r in zip(files, runs):
+        f.write_text(json.dumps(r))
+    assert repeats.main([*map(str, files), "--json", str(tmp_path / "s.json")]) == 0
+    s = json.loads((tmp_path / "s.json").read_text())
+    fig = s["figures"]
+    assert s["kind"] == "web-summary" and len(s["runs"]) == 3
+    assert fig["fps_open"] == {"median": 230.0, "min": 200.0, "max": 240.0, "n": 3}
+    assert fig["median_latency_ms.detect"]["median"] == pytest.approx(5.0)
+    assert fig["rows[haar].p50_ms"] == {"median": 50.0, "min": 40.0, "max": 60.0, "n": 3}
+    assert fig["camera[haar].recall"]["min"] == fig["camera[haar].recall"]["max"] == 0.5
+    assert "only_here" not in fig and "within_goal" not in fig and "config.seconds" not in fig
+    assert "fps_open\t230 (200–240)" in capsys.readouterr().out
+    other = tmp_path / "d.json"
+    other.write_text(json.dumps({**runs[0], "kind": "detect"}))
+    assert repeats.main([str(files[0]), str(other)]) == 2
+    assert "different kinds" in capsys.readouterr().err
