@@ -52,6 +52,19 @@ def int_list(text: str) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+def parse_backend_specs(text: str, names: list[str]) -> list[tuple[str, Optional[str]]]:
+    """"onnxruntime:fp32,tflite" -> [("onnxruntime", "fp32"), ("tflite", None)]: each name checked against
+    `names`, each precision against fp32/fp16/int8; repeats dropped, order kept (may be empty)."""
+    out = []
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        name, _, prec = part.partition(":")
+        name_list(name, names, "backends", allow_all=False)
+        if prec:
+            name_list(prec, ("fp32", "fp16", "int8"), "precisions", allow_all=False)
+        out.append((name, prec or None))
+    return list(dict.fromkeys(out))
+
+
 def name_list(text: str, valid: Sequence[str], what: str, allow_all: bool = True) -> Optional[list[str]]:
     """"a,b" -> [a, b] checked against `valid`; "all" -> None. ValueError names the bad entry and choices."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]

@@ -93,20 +93,14 @@ def add_arguments(p) -> None:
 
 def parse_specs(text: str, checkpoint: Optional[Path]) -> list[tuple[str, Optional[str]]]:
     """"onnxruntime:fp32,torch" -> [(name, precision)], names checked against the registry (+ torch)."""
-    out = []
-    for part in [p.strip() for p in text.split(",") if p.strip()]:
-        name, _, prec = part.partition(":")
-        common.name_list(name, list_backends() + ["torch"], "backends", allow_all=False)
-        if prec:
-            common.name_list(prec, ("fp32", "fp16", "int8"), "precisions", allow_all=False)
-        out.append((name, prec or None))
+    out = common.parse_backend_specs(text, list_backends() + ["torch"])
     if checkpoint is not None and not any(n == "torch" for n, _ in out):
         out.append(("torch", "fp32"))
     if any(n == "torch" for n, _ in out) and checkpoint is None:
         raise ValueError("--backends torch needs --checkpoint (the bundle's extractor.pt)")
     if not out:
         raise ValueError("--backends: empty list")
-    return list(dict.fromkeys(out))
+    return out
 
 
 def check_args(args) -> tuple[list, list[str], list[str]]:

@@ -84,16 +84,10 @@ class PipeRow:
 
 def parse_backends(text: str) -> list[tuple[str, Optional[str]]]:
     """"auto,tflite:int8" -> [("auto", None), ("tflite", "int8")], names checked against the registry."""
-    out = []
-    for part in [p.strip() for p in text.split(",") if p.strip()]:
-        name, _, prec = part.partition(":")
-        common.name_list(name, ["auto"] + list_backends(), "backends", allow_all=False)
-        if prec:
-            common.name_list(prec, ("fp32", "fp16", "int8"), "precisions", allow_all=False)
-        out.append((name, prec or None))
+    out = common.parse_backend_specs(text, ["auto"] + list_backends())
     if not out:
         raise ValueError("--backends: empty list")
-    return list(dict.fromkeys(out))
+    return out
 
 
 def run(args) -> int:
