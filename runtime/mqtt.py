@@ -462,41 +462,46 @@ def _json_or_error(payload: bytes) -> dict:
     return out if isinstance(out, dict) else {"ok": False, "error": f"unexpected reply: {payload[:200]!r}"}
 
 
+def _require_connected(link: MqttLink, timeout: float) -> None:
+    """MqttError (with the link's last error, if any) unless the link is connected within `timeout`."""
+    if not link.wait_connected(timeout):
+        raise MqttError(f"cannot reach the broker at {link.broker.describe()} within {timeout:g} s"
+                        + (f" ({link.last_error})" if link.last_error else ""))
+
+
+class _FirstJson:
+    """A subscription callback that keeps the first JSON object received (or an {ok: False, error} stand-in)."""
+
+    def __init__(self):
+        self.got: dict = {}
+        self.done = threading.Event()
+
+    def __call__(self, m: Message) -> None:
+        if not self.done.is_set():
+            self.got.update(_json_or_error(m.payload))
+            self.done.set()
+
+
 def request_json(link: MqttLink, topic: str, payload: str | bytes, reply_topic: str, timeout: float,
                  what: str, correlation: bytes | None = None) -> dict:
     """MQTT v5 request/response on a started link: subscribe to `reply_topic`, publish with it as ResponseTopic,
     return the JSON answer. MqttError names the step that failed (`what` names who should answer)."""
-    got: dict = {}
-    done = threading.Event()
-
-    def on_reply(m: Message) -> None:
-        got.update(_json_or_error(m.payload))
-        done.set()
-
-    if not link.wait_connected(timeout):
-        raise MqttError(f"cannot reach the broker at {link.broker.describe()} within {timeout:g} s"
-                        + (f" ({link.last_error})" if link.last_error else ""))
-    codes = link.subscribe_and_wait(reply_topic, on_reply, qos=1, timeout=timeout)
+    reply = _FirstJson()
+    _require_connected(link, timeout)
+    codes = link.subscribe_and_wait(reply_topic, reply, qos=1, timeout=timeout)
     if any(c >= 0x80 for c in codes):
         raise MqttError(f"the broker refused the reply subscription {reply_topic} (ACL?)")
     pub = link.publish(topic, payload, qos=1, properties=link.response_properties(reply_topic, correlation))
     if not pub.wait(timeout) or not pub.accepted:
         raise MqttError(f"the broker did not accept the message on {topic} (reason code {pub.reason_code}; ACL?)")
-    if not done.wait(timeout):
+    if not reply.done.wait(timeout):
         raise MqttError(f"no answer from {what} within {timeout:g} s")
-    return got
+    return reply.got
 
 
 def read_retained_json(link: MqttLink, topic: str, timeout: float) -> dict | None:
     """The retained JSON message on `topic` (None when there is none within `timeout`), on a started link."""
-    got: dict = {}
-    done = threading.Event()
-
-    def on_message(m: Message) -> None:
-        got.update(_json_or_error(m.payload))
-        done.set()
-
-    if not link.wait_connected(timeout):
-        raise MqttError(f"cannot reach the broker at {link.broker.describe()} within {timeout:g} s")
-    link.subscribe_and_wait(topic, on_message, qos=1, timeout=timeout)
-    return got if done.wait(timeout) else None
+    retained = _FirstJson()
+    _require_connected(link, timeout)
+    link.subscribe_and_wait(topic, retained, qos=1, timeout=timeout)
+    return retained.got if retained.done.wait(timeout) else None
