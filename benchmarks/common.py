@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -50,6 +51,16 @@ def int_list(text: str) -> list[int]:
     if not out:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of positive integers, got {text!r}")
     return list(dict.fromkeys(out))
+
+
+def kept_or_temp(path: Optional[Path], name: str, prefix: str) -> tuple[Path, Optional[tempfile.TemporaryDirectory]]:
+    """(where to write `name`, the temporary folder to clean up or None): `path` when the user asked to keep the
+    file (its folder made), else `name` in a new temporary folder."""
+    if path is None:
+        tmp = tempfile.TemporaryDirectory(prefix=prefix)
+        return Path(tmp.name) / name, tmp
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return Path(path), None
 
 
 def parse_backend_specs(text: str, names: list[str]) -> list[tuple[str, Optional[str]]]:

@@ -21,7 +21,6 @@ and with --bundle the share of the whole frame path (decode + Pipeline.predict_f
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -336,12 +335,7 @@ def _camera_run(args, specs: list, console) -> dict:
     seed = args.seed + 4
     clip = sc.camera_scenes(sc.photo_face_sources(), n_frames=args.camera_frames, seed=seed,
                             still_every=args.camera_still_every)
-    tmp = None
-    if args.camera_video is None:
-        tmp = tempfile.TemporaryDirectory(prefix="infantino-camera-")
-        video = Path(tmp.name) / "camera.avi"
-    else:
-        video = args.camera_video
+    video, tmp = common.kept_or_temp(args.camera_video, "camera.avi", "infantino-camera-")
     try:
         sc.write_video(video, [s.frame for s in clip])
         log.info("camera clip: %d frames in %.1f s -> %s", len(clip), time.perf_counter() - t0, video)

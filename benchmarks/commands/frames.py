@@ -12,7 +12,6 @@ label of that face kept (a missed face disagrees). See docs/benchmarks.md ("Whol
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -162,13 +161,7 @@ def run(args) -> int:
     groups = [g for g in GROUPS if len(fs.indices(g))]
     machine = describe(threads=threads, peak=not args.no_peak)
     loads: list[dict] = []
-    tmp = None
-    if args.keep_frames is None:
-        tmp = tempfile.TemporaryDirectory(prefix="infantino-frames-")
-        npz = Path(tmp.name) / "frames.npz"
-    else:
-        npz = args.keep_frames
-        npz.parent.mkdir(parents=True, exist_ok=True)
+    npz, tmp = common.kept_or_temp(args.keep_frames, "frames.npz", "infantino-frames-")
     fs.save(npz)
     rows = []
     try:
