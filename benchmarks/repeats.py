@@ -35,7 +35,8 @@ MD_COLUMNS = (("fps", "frames/s", ".1f"), ("e2e_p50_ms", "p50 ms", ".1f"), ("e2e
               ("vs_fer_mtcnn", "× fer MTCNN", ".1f"))
 
 
-def _stats(values: list) -> Optional[dict]:
+def median_range(values: list) -> Optional[dict]:
+    """{median, min, max, n} of the values that are not None; None when there are none."""
     v = [x for x in values if x is not None]
     if not v:
         return None
@@ -57,17 +58,17 @@ def combine(reports: Sequence[dict]) -> dict:
         d = {"set": s, "key": k, "kind": first.get("kind"), "runs_ok": sum(1 for r in runs if r and r["status"] == "ok"),
              "runs": len(runs), "reasons": sorted({r["reason"] for r in runs if r and r.get("reason")})}
         for m in METRICS:
-            d[m] = _stats([r.get(m) if r and r["status"] == "ok" else None for r in runs])
+            d[m] = median_range([r.get(m) if r and r["status"] == "ok" else None for r in runs])
         rows.append(d)
     goals = []
     for i, g in enumerate(reports[0].get("goals", [])):
         per_run = [rep["goals"][i] for rep in reports]
         ratios = [x.get("ratio") for x in per_run]
-        st = _stats(ratios)
+        st = median_range(ratios)
         qualified = all(r is not None for r in ratios)
         met = bool(st and qualified and st["median"] >= g["target"])
         goals.append({"set": g["set"], "peer": g["peer"], "target": g["target"], "ratio": st,
-                      "fastest_ratio": _stats([x.get("fastest_ratio") for x in per_run]),
+                      "fastest_ratio": median_range([x.get("fastest_ratio") for x in per_run]),
                       "best": sorted({x.get("best") for x in per_run if x.get("best")}),
                       "met_runs": sum(bool(x.get("met")) for x in per_run), "runs": len(per_run),
                       "qualified_every_run": qualified, "met": met,
@@ -119,7 +120,7 @@ def combine_figures(reports: Sequence[dict]) -> dict:
             "config": reports[0].get("config"),
             "runs": [{"timestamp": (r.get("machine") or {}).get("timestamp"),
                       "load_average_start": (r.get("machine") or {}).get("load_average_start")} for r in reports],
-            "figures": {k: _stats([f[k] for f in per_run]) for k in common}}
+            "figures": {k: median_range([f[k] for f in per_run]) for k in common}}
 
 
 def _cell(st: Optional[dict], spec: str) -> str:

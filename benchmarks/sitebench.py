@@ -467,10 +467,9 @@ SUMMARY_FIGURES = ("site_messages_held_during_cut", "bridge_up_s_after_restore",
 
 def summarize(runs: list[dict]) -> dict:
     """Median, min and max over repeated runs of the timing and queue figures; the loss checks must hold in all."""
-    figures = {}
-    for k in SUMMARY_FIGURES:
-        v = [r[k] for r in runs if r.get(k) is not None]
-        figures[k] = {"median": float(np.median(v)), "min": min(v), "max": max(v), "n": len(v)} if v else None
+    from .repeats import median_range
+
+    figures = {k: median_range([r.get(k) for r in runs]) for k in SUMMARY_FIGURES}
     lossless = [r["converged"] and not r["samples_missing_at_central"] and r["samples_refused_by_site"] == 0
                 and r["service_samples_learned"] == r["samples_sent"] for r in runs]
     return {"runs": len(runs), "figures": figures, "nothing_lost_and_converged": sum(lossless)}

@@ -307,3 +307,18 @@ def _until(cond, what: str, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"waited {timeout:g} s for {what}")
         time.sleep(0.02)
+
+
+def test_summary_of_repeated_cuts_gives_median_range_and_counts_lossless_runs():
+    from infantino.benchmarks.sitebench import SUMMARY_FIGURES, summarize
+
+    def run(held, caught, missing=()):
+        return {"site_messages_held_during_cut": held, "heads_caught_up_s_after_restore": caught,
+                "converged": True, "samples_missing_at_central": list(missing), "samples_refused_by_site": 0,
+                "service_samples_learned": 10, "samples_sent": 10}
+
+    s = summarize([run(132, 1.4), run(132, 2.8), run(130, 1.0, missing=["x"])])
+    assert s["runs"] == 3 and s["nothing_lost_and_converged"] == 2
+    assert s["figures"]["heads_caught_up_s_after_restore"] == {"median": 1.4, "min": 1.0, "max": 2.8, "n": 3}
+    assert s["figures"]["site_messages_held_during_cut"]["median"] == 132
+    assert set(s["figures"]) == set(SUMMARY_FIGURES) and s["figures"]["bridge_up_s_after_restore"] is None
