@@ -31,6 +31,8 @@ from infantino.runtime.contract.topics import Topics
 from infantino.runtime.mqtt import BrokerConfig, MqttLink
 from infantino.runtime.pipeline import FaceResult, FrameResult
 
+from .timing import wait_until
+
 log = logging.getLogger(__name__)
 
 EXT = "e" * 64  # the simulated extractor's id
@@ -186,12 +188,8 @@ class SimFleet:
         return self
 
     def wait_connected(self, timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(d.link is not None and d.link.connected for d in self.daemons) and self.publisher.connected.is_set():
-                return True
-            time.sleep(0.05)
-        return False
+        return wait_until(lambda: all(d.link is not None and d.link.connected for d in self.daemons)
+                          and self.publisher.connected.is_set(), timeout)
 
     def rings(self) -> dict[str, Optional[str]]:
         return {d.config.device_id: d.link.ring for d in self.daemons}

@@ -13,7 +13,7 @@ from typing import Callable
 
 from infantino.benchmarks.broker import MosquittoBroker
 from infantino.benchmarks.fleetsim import SimFleet
-from infantino.benchmarks.workers import wait_until
+from infantino.benchmarks.timing import wait_until
 from infantino.runtime.configfile import validate_config
 from infantino.runtime.mqtt import BrokerConfig
 from infantino.trainer.service import TrainerServiceConfig, UpdateService

@@ -33,6 +33,7 @@ from infantino.benchmarks.broker import BrokerUnavailable, MosquittoBroker, free
 from infantino.benchmarks.loopbench import HeadHolder, _fit_online_head, start_service, stop_service
 from infantino.benchmarks.netcut import NetCut
 from infantino.benchmarks.pki import make_pki
+from infantino.benchmarks.timing import wait_until
 from infantino.benchmarks.sitebridge import SiteBridgeConfig, render_central_acl, render_site_bridge
 from infantino.device.config import DeviceConfig
 from infantino.device.daemon import BundleFacts, DeviceDaemon
@@ -199,14 +200,10 @@ def start_site_pair(work: Path, *, site_yaml: str | Path = EXAMPLES / "site.yaml
 
 
 def _wait(cond: Callable[[], bool], timeout: float, what: str, check: Callable[[], None] = lambda: None) -> float:
-    """Poll `cond` until true (returns the monotonic time) or raise TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        check()
-        if cond():
-            return time.monotonic()
-        time.sleep(0.02)
-    raise TimeoutError(f"{what}: not within {timeout:g} s")
+    """Poll `cond` (after `check`) until true (returns the monotonic time) or raise TimeoutError naming `what`."""
+    if not wait_until(lambda: check() or cond(), timeout, step=0.02):
+        raise TimeoutError(f"{what}: not within {timeout:g} s")
+    return time.monotonic()
 
 
 def _round(x: float | None) -> float | None:

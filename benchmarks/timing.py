@@ -124,3 +124,13 @@ def summarize(times_s: Sequence[float], n_images: int = 1) -> dict:
         out[f"p{p}_ms_per_image"] = v / n_images
     out["images_per_s"] = float(n_images / t.mean())
     return out
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
+    """Poll `cond` every `step` s until it is true or `timeout` s have passed; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()

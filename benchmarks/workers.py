@@ -25,6 +25,7 @@ from infantino.benchmarks.broker import MosquittoBroker
 from infantino.benchmarks.fleet import cpu_seconds
 from infantino.benchmarks.fleetsim import EXT, class_embeddings, fit_sim_head
 from infantino.benchmarks.loopbench import _pct, start_service
+from infantino.benchmarks.timing import wait_until
 from infantino.runtime.configfile import validate_config
 from infantino.runtime.contract.classes import CLASSES
 from infantino.runtime.contract.errors import UpdateRejected
@@ -190,15 +191,6 @@ class SampleStream:
 
     def stop(self) -> None:
         self.link.stop()
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 def measure_workers(fleets: int = 10, devices: int = 20, workers=(1, 2, 4), seconds: float = 20.0,
