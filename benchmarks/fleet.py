@@ -40,10 +40,12 @@ FLEET = "load"
 EXT = "c" * 64
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux /proc), in seconds (0 when it is gone)."""
+def cpu_seconds(pid: int | str, task: int | None = None) -> float:
+    """utime + stime of a process, or of one of its threads (`task`: a native thread id), in seconds, from Linux
+    /proc (0 when it is gone). pid "self" is this process."""
+    stat = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from infantino.benchmarks.broker import MosquittoBroker
+from infantino.benchmarks.fleet import cpu_seconds
 from infantino.device.config import DeviceConfig
 from infantino.device.daemon import BundleFacts, DeviceDaemon
 from infantino.device.web.server import start_web
@@ -66,15 +67,8 @@ def _cpu_s() -> float:
 
 def _thread_cpu_s(names: tuple[str, ...]) -> float:
     """CPU seconds of this process's threads whose name starts with one of `names` (Linux /proc)."""
-    total = 0.0
-    for t in threading.enumerate():
-        if t.name.startswith(names) and t.native_id is not None:
-            try:
-                fields = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(cpu_seconds("self", t.native_id) for t in threading.enumerate()
+               if t.name.startswith(names) and t.native_id is not None)
 
 
 WEB_THREADS = ("infantino-web", "AnyIO worker")  # uvicorn's loop and the threads it runs endpoints on
