@@ -298,10 +298,8 @@ class FleetUnit:
                 self._publish_direct()
         elif synced and not final:
             self._rollout_tick(due)
-        if self.unacked and (final or len(self.unacked) >= self.config.checkpoint_every
-                             or now - self.last_checkpoint >= self.config.checkpoint_s):
-            self._checkpoint()
-        elif final:
+        if final or (self.unacked and (len(self.unacked) >= self.config.checkpoint_every
+                                       or now - self.last_checkpoint >= self.config.checkpoint_s)):
             self._checkpoint()
 
     def _checkpoint(self) -> None:
